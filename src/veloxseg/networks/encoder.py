@@ -1,0 +1,81 @@
+"""The dual-stream encoder: PWA transformer stream ("glance"), JLC conv stream ("focus"), 1x1 modal mixers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .jlc import JLCBlock
+from .layers import ConvNorm, PatchMerging3d
+from .pwa import PWABlock, Size3
+
+
+class TransformerStream(nn.Module):
+    """One branch per modality: patch embedding, then a PWA block per level and patch merging between levels.
+
+    Returns, for each level, the list of the ``M`` modalities' maps (width ``E * 2**level``).
+    """
+
+    def __init__(self, in_channels: Sequence[int], width: int, patch_size: int,
+                 level_pairs: Sequence[Sequence[tuple[Size3, Size3]]], heads: Sequence[int],
+                 min_dim_heads: Sequence[int], ffn_ratios: Sequence[int], attn_drop: float = 0.1,
+                 proj_drop: float = 0.1, dropout: float = 0.1) -> None:
+        super().__init__()
+        m, levels = len(in_channels), len(level_pairs)
+        self.embed = nn.ModuleList(
+            nn.Sequential(nn.Conv3d(c, width, patch_size, stride=patch_size), nn.Dropout(dropout))
+            for c in in_channels
+        )
+        self.blocks = nn.ModuleList(
+            PWABlock(width * 2**i, m, level_pairs[i], heads[i], min_dim_heads[i], ffn_ratios[i],
+                     attn_drop, proj_drop, dropout)
+            for i in range(levels)
+        )
+        self.merges = nn.ModuleList(
+            nn.ModuleList(PatchMerging3d(width * 2**i) for _ in range(m)) for i in range(levels - 1)
+        )
+
+    def forward(self, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        xs = [embed(x) for embed, x in zip(self.embed, inputs)]
+        levels = []
+        for i, block in enumerate(self.blocks):
+            xs = block(xs)
+            levels.append(xs)
+            if i < len(self.merges):
+                xs = [merge(x) for merge, x in zip(self.merges[i], xs)]
+        return levels
+
+
+class ConvStream(nn.Module):
+    """Modal-fusion conv stream on the concatenated input, with a 1x1 modal mixer adding the attention maps.
+
+    Level 0 downsamples by the patch size (kernel ``2p-1``), later levels by 2; each level is
+    ``JLC(down(x) + mixer(concat(attention maps)))``.
+    """
+
+    def __init__(self, in_channels: int, width: int, attn_width: int, num_modalities: int, patch_size: int,
+                 group_widths: Sequence[int], kernel_sizes: Sequence[int], ffn_ratios: Sequence[int],
+                 dropout: float = 0.1, levels: int = 4, with_mixers: bool = True) -> None:
+        super().__init__()
+        self.downs = nn.ModuleList(
+            [ConvNorm(in_channels, width, 2 * patch_size - 1, stride=patch_size, padding=patch_size - 1)]
+            + [ConvNorm(width * 2 ** (i - 1), width * 2**i, 3, stride=2, padding=1) for i in range(1, levels)]
+        )
+        self.mixers = nn.ModuleList(
+            ConvNorm(num_modalities * attn_width * 2**i, width * 2**i) for i in range(levels)
+        ) if with_mixers else None
+        self.blocks = nn.ModuleList(
+            JLCBlock(width * 2**i, group_widths[i], kernel_sizes, ffn_ratios[i], dropout) for i in range(levels)
+        )
+
+    def forward(self, x: torch.Tensor, attention: list[list[torch.Tensor]] | None) -> list[torch.Tensor]:
+        feats = []
+        for i, (down, block) in enumerate(zip(self.downs, self.blocks)):
+            x = down(x)
+            if self.mixers is not None and attention is not None:
+                x = x + self.mixers[i](torch.cat(attention[i], dim=1))
+            x = block(x)
+            feats.append(x)
+        return feats

@@ -1,0 +1,56 @@
+"""JL-guided grouped convolution (JLC): the conv stream's "focus" block.
+
+Multi-scale local branch (grouped convs with kernels 1, 3, 5, each with InstanceNorm and GELU,
+summed onto the input) followed by a channel FFN. The group width comes from the JL bound
+(:mod:`veloxseg.jl`): ``groups = channels / group_width``; ``group_width = 1`` is depthwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .layers import InstanceNorm3d
+
+
+class JLCBlock(nn.Module):
+    """One JLC block on a ``(B, C, D, H, W)`` map; the output has the same shape.
+
+    Args:
+        channels: feature width ``C``.
+        group_width: channels per group of the local convs (must divide ``channels``).
+        kernel_sizes: kernel of each local branch (``(1, 3, 5)`` in the paper).
+        ffn_ratio: expansion of the channel FFN.
+        dropout: dropout after the FFN.
+    """
+
+    def __init__(self, channels: int, group_width: int, kernel_sizes: Sequence[int] = (1, 3, 5),
+                 ffn_ratio: int = 3, dropout: float = 0.1) -> None:
+        super().__init__()
+        if channels % group_width:
+            raise ValueError(f"group width {group_width} does not divide {channels} channels")
+        groups = channels // group_width
+        self.branches = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv3d(channels, channels, k, padding=k // 2, groups=groups),
+                InstanceNorm3d(channels),
+                nn.GELU(),
+            )
+            for k in kernel_sizes
+        )
+        hidden = channels * ffn_ratio
+        self.ffn = nn.Sequential(
+            InstanceNorm3d(channels),
+            nn.Conv3d(channels, hidden, 1),
+            nn.GELU(),
+            nn.Conv3d(hidden, channels, 1),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        for branch in self.branches:
+            y = y + branch(x)
+        return y + self.ffn(y)
