@@ -19,6 +19,7 @@ from .. import __version__
 COMMANDS: tuple[str, ...] = (
     "summary",
     "jl",
+    "evaluate",
 )
 
 

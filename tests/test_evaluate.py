@@ -1,0 +1,114 @@
+"""``veloxseg evaluate``: Dice / HD95 values, nnU-Net's empty-class conventions, bad input."""
+
+import csv
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from veloxseg.cli import main
+from veloxseg.errors import InputError
+from veloxseg.evaluation import evaluate_folders, score_case
+
+AFFINE = np.diag([2.0, 1.0, 1.5, 1.0])
+
+
+def _save(path, data, affine=AFFINE):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data, dtype=np.uint8), affine), str(path))
+
+
+def _cube(shape=(16, 16, 16), lo=(4, 4, 4), size=4, label=1):
+    a = np.zeros(shape, np.uint8)
+    a[lo[0]:lo[0] + size, lo[1]:lo[1] + size, lo[2]:lo[2] + size] = label
+    return a
+
+
+def test_dice_and_hd95_in_mm_use_the_spacing():
+    ref = _cube()
+    pred = _cube(lo=(5, 4, 4))  # shifted one voxel along axis 0 (2 mm)
+    (s,) = score_case(pred, ref, [1], spacing=(2.0, 1.0, 1.5))
+    assert s.dice == pytest.approx(2 * 48 / 128)
+    assert s.hd95_mm == pytest.approx(2.0)
+    (s1,) = score_case(pred, ref, [1], spacing=(1.0, 1.0, 1.0))
+    assert s1.hd95_mm == pytest.approx(1.0)
+    (same,) = score_case(ref, ref, [1], spacing=(2.0, 1.0, 1.5))
+    assert same.dice == 1.0 and same.hd95_mm == 0.0
+
+
+def test_empty_class_conventions():
+    empty = np.zeros((8, 8, 8), np.uint8)
+    full = _cube((8, 8, 8), (2, 2, 2), 3)
+    (both,) = score_case(empty, empty, [1], (1, 1, 1))
+    assert math.isnan(both.dice) and math.isnan(both.hd95_mm)
+    (fp,) = score_case(full, empty, [1], (1, 1, 1))  # prediction where the reference is empty
+    assert fp.dice == 0.0 and math.isnan(fp.hd95_mm)
+    (fn,) = score_case(empty, full, [1], (1, 1, 1))  # missed object
+    assert fn.dice == 0.0 and math.isnan(fn.hd95_mm)
+
+
+def test_cli_writes_csv_json_and_summary_skips_undefined(tmp_path, capsys):
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    _save(ref / "a.nii.gz", _cube())
+    _save(pred / "a.nii.gz", _cube())
+    _save(ref / "b.nii.gz", np.zeros((16, 16, 16)))  # empty in both: Dice undefined
+    _save(pred / "b.nii.gz", np.zeros((16, 16, 16)))
+    _save(ref / "c.nii.gz", _cube())
+    _save(pred / "c.nii.gz", _cube(lo=(5, 4, 4)))
+    _save(ref / "unpredicted.nii.gz", _cube())
+    out_json = tmp_path / "eval.json"
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--labels", "1", "--json", str(out_json),
+                 "--quiet"]) == 0
+    rows = list(csv.DictReader(open(pred / "evaluation.csv")))
+    assert [r["case"] for r in rows] == ["a", "b", "c"]
+    assert rows[1]["dice"] == "nan"
+    info = json.loads(out_json.read_text())
+    dice = info["summary"]["per_label"]["1"]["dice"]
+    assert dice["n"] == 2 and dice["mean"] == pytest.approx((1 + 0.75) / 2)
+    assert info["references_without_prediction"] == ["unpredicted"]
+    assert "3 case(s) scored" in capsys.readouterr().out
+
+
+def test_labels_default_to_those_found(tmp_path):
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    two = _cube() + _cube(lo=(10, 10, 10), label=2)
+    _save(ref / "a.nii.gz", two)
+    _save(pred / "a.nii.gz", two)
+    result = evaluate_folders(pred, ref)
+    assert [s.label for s in result.scores] == [1, 2]
+
+
+def test_prediction_without_reference_is_an_error(tmp_path, capsys):
+    _save(tmp_path / "ref" / "a.nii.gz", _cube())
+    _save(tmp_path / "pred" / "a.nii.gz", _cube())
+    _save(tmp_path / "pred" / "zz.nii.gz", _cube())
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "zz.nii.gz" in err and "no reference" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "pred" / "evaluation.csv").exists()
+
+
+@pytest.mark.parametrize("what", ["shape", "affine"])
+def test_prediction_on_another_grid_is_an_error(tmp_path, what):
+    _save(tmp_path / "ref" / "a.nii.gz", _cube())
+    if what == "shape":
+        _save(tmp_path / "pred" / "a.nii.gz", _cube(shape=(16, 16, 15)))
+    else:
+        _save(tmp_path / "pred" / "a.nii.gz", _cube(), affine=np.diag([1.0, 1.0, 1.5, 1.0]))
+    with pytest.raises(InputError, match=rf"a\.nii\.gz: {what}"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "ref", [1])
+
+
+def test_unreadable_prediction_is_an_error(tmp_path):
+    _save(tmp_path / "ref" / "a.nii.gz", _cube())
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "a.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(InputError, match=r"pred/a\.nii\.gz: not a readable NIfTI"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "ref", [1])
+
+
+def test_missing_folder_is_an_error(tmp_path, capsys):
+    assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(tmp_path)]) == 1
+    assert "nope: folder does not exist" in capsys.readouterr().err
