@@ -1,0 +1,125 @@
+"""Safe NIfTI reading and writing: every problem is an :class:`InputError` naming the file.
+
+Public functions:
+
+* :func:`read_header` -- shape, affine and spacing of a NIfTI file without loading its voxels.
+* :func:`read_nifti` -- voxels (``float32`` by default) and affine, checked to be finite.
+* :func:`check_same_grid` -- shapes/affines of several files agree (a case's channels and label).
+* :func:`write_nifti` -- atomic write: a temporary name in the same folder, then ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .errors import InputError
+
+#: affines of a case's files may differ by this much (mm) and still count as the same grid
+AFFINE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Header:
+    """Geometry of a NIfTI file."""
+
+    path: Path
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+
+
+def _load(path: str | os.PathLike) -> nib.Nifti1Image:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: file not found")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, expected a NIfTI file")
+    try:
+        img = nib.load(str(p))
+    except Exception as err:  # nibabel raises many types for a bad file
+        raise InputError(f"{p}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"{p}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    return img
+
+
+def read_header(path: str | os.PathLike) -> Header:
+    """Shape, affine and voxel spacing of ``path`` (header only; raises :class:`InputError`)."""
+    img = _load(path)
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {shape}")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{path}: invalid affine (not finite or singular)")
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return Header(Path(path), shape, affine, spacing)
+
+
+def read_nifti(path: str | os.PathLike, dtype: np.dtype | type = np.float32,
+               check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels and affine of a 3-D NIfTI file.
+
+    Raises :class:`InputError` naming ``path`` when the file is missing, unreadable or truncated,
+    not 3-D, or (with ``check_finite``) contains NaN or infinite values.
+    """
+    img = _load(path)
+    if len(img.shape) != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {tuple(img.shape)}")
+    try:
+        data = np.asarray(img.dataobj, dtype=dtype)
+    except Exception as err:
+        raise InputError(f"{path}: cannot read the voxel data, the file may be truncated or corrupt "
+                         f"({type(err).__name__}: {err})") from None
+    if check_finite and np.issubdtype(data.dtype, np.floating):
+        bad = ~np.isfinite(data)
+        if bad.any():
+            raise InputError(f"{path}: {int(bad.sum())} voxels are NaN or infinite")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def check_same_grid(headers: list[Header], tolerance: float = AFFINE_TOLERANCE) -> list[str]:
+    """Problems (one line each, naming the file) where ``headers[1:]`` differ from ``headers[0]``."""
+    problems: list[str] = []
+    if not headers:
+        return problems
+    ref = headers[0]
+    for h in headers[1:]:
+        if h.shape != ref.shape:
+            problems.append(f"{h.path}: shape {h.shape} differs from {ref.path.name} {ref.shape}")
+        elif not np.allclose(h.affine, ref.affine, atol=tolerance, rtol=0):
+            diff = float(np.abs(h.affine - ref.affine).max())
+            problems.append(f"{h.path}: affine differs from {ref.path.name} (max difference {diff:.4g})")
+    return problems
+
+
+def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
+                dtype: np.dtype | type | None = None) -> Path:
+    """Write ``data`` with ``affine`` to ``path`` atomically (temporary file + rename); returns the path.
+
+    A crash never leaves a half-written file under ``path``. The suffix (``.nii`` or ``.nii.gz``)
+    decides compression.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(data if dtype is None else data.astype(dtype, copy=False))
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
+    img.header.set_data_dtype(arr.dtype)
+    img.header.set_xyzt_units("mm", "sec")
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
