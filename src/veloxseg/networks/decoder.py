@@ -1,4 +1,5 @@
-"""The segmentation decoder: an Up/JLC ladder and the unified pixel-shuffle head."""
+"""The segmentation decoder: an Up/JLC ladder and the unified pixel-shuffle head (or, for the ablation, a
+conventional upsampling head that continues the ladder to full resolution)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,29 @@ class PixelShuffleHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pixel_shuffle_3d(self.conv(x), self.factor)
+
+
+class TransposedConvHead(nn.Module):
+    """Conventional upsampling (the ablation's "three-level upsampling decoder" rows).
+
+    Continues the Up/JLC ladder from the level-0 map to full resolution: ``log2(factor)`` stages of
+    ``JLC(Up(x))`` (2x2x2 transposed conv halving the channels, then a JLC block), then a 1x1 conv
+    to the classes. Group widths are capped by the stage's channels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, factor: int, group_width: int,
+                 kernel_sizes: Sequence[int], ffn_ratio: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        if factor < 1 or factor & (factor - 1):
+            raise ValueError(f"transposed upsampling needs a power-of-two patch size, got {factor}")
+        stages, width = [], in_channels
+        for _ in range(factor.bit_length() - 1):
+            half = max(1, width // 2)
+            stages.append(nn.Sequential(UpBlock(width, half),
+                                        JLCBlock(half, min(group_width, half), kernel_sizes, ffn_ratio, dropout)))
+            width = half
+        self.stages = nn.Sequential(*stages)
+        self.out = nn.Conv3d(width, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.stages(x))

@@ -52,7 +52,8 @@ class ConvStream(nn.Module):
     """Modal-fusion conv stream on the concatenated input, with a 1x1 modal mixer adding the attention maps.
 
     Level 0 downsamples by the patch size (kernel ``2p-1``), later levels by 2; each level is
-    ``JLC(down(x) + mixer(concat(attention maps)))``.
+    ``JLC(down(x) + mixer(concat(attention maps)))``. Without mixers (``with_mixers=False``, the
+    ablation's conv-only rows) it is ``JLC(down(x))``.
     """
 
     def __init__(self, in_channels: int, width: int, attn_width: int, num_modalities: int, patch_size: int,

@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..jl import DEFAULT_KAPPA, jl_group_widths
-from .decoder import DecoderLadder, PixelShuffleHead
+from .decoder import DecoderLadder, PixelShuffleHead, TransposedConvHead
 from .encoder import ConvStream, TransformerStream
 from .pwa import Size3, as_size3, window_pairs
 from .sdkt import TextureTeacher, gram_matrix
 
 REFERENCE_WINDOWS: tuple[int, ...] = (3, 6, 3, 3)
 LEVELS = 4
+UPSAMPLING: tuple[str, ...] = ("pixel_shuffle", "transposed")
 
 
 class VeloxSegOutput(NamedTuple):
@@ -94,6 +95,10 @@ class VeloxSeg(nn.Module):
         deep_supervision: build the 1x1 deep-supervision heads (training only).
         texture_teachers: build one reconstruction teacher per modality (training only).
         jl_kappa: ``kappa`` of the JL bound used for the defaults.
+        use_transformer: build the PWA transformer stream and the modal mixers (False: the ablation's
+            conv-only rows; needs ``texture_teachers=False``, the teachers read the attention maps).
+        upsampling: ``"pixel_shuffle"`` (the paper's unified upsampling) or ``"transposed"`` (the
+            ablation's conventional decoder, :class:`~veloxseg.networks.decoder.TransposedConvHead`).
     """
 
     def __init__(
@@ -120,6 +125,8 @@ class VeloxSeg(nn.Module):
         deep_supervision: bool = True,
         texture_teachers: bool = True,
         jl_kappa: float = DEFAULT_KAPPA,
+        use_transformer: bool = True,
+        upsampling: str = "pixel_shuffle",
     ) -> None:
         super().__init__()
         if spatial_dims != 3:
@@ -129,6 +136,10 @@ class VeloxSeg(nn.Module):
             raise ValueError(f"in_channels must list at least one positive channel count, got {in_channels!r}")
         if out_channels < 1:
             raise ValueError(f"out_channels must be >= 1, got {out_channels}")
+        if upsampling not in UPSAMPLING:
+            raise ValueError(f"unknown upsampling {upsampling!r}; choose one of {', '.join(UPSAMPLING)}")
+        if texture_teachers and not use_transformer:
+            raise ValueError("texture_teachers need the transformer stream (use_transformer=True)")
         m = len(in_ch)
         widths = [feature_size * 2**i for i in range(LEVELS)]
         jl = jl_group_widths(m, patch_size, LEVELS, jl_kappa, widths)
@@ -148,17 +159,22 @@ class VeloxSeg(nn.Module):
             "small_window": list(small), "window_scale": window_scale, "attn_ffn_ratios": list(attn_ffn_ratios),
             "attn_drop": attn_drop, "proj_drop": proj_drop, "dropout": dropout,
             "deep_supervision": deep_supervision, "texture_teachers": texture_teachers, "jl_kappa": jl_kappa,
+            "use_transformer": use_transformer, "upsampling": upsampling,
         }
         self.in_channels = in_ch
         self.out_channels = out_channels
         self.patch_size = patch_size
 
         self.transformer = TransformerStream(in_ch, attn_feature_size, patch_size, self.level_pairs, heads,
-                                             min_dim_heads, attn_ffn_ratios, attn_drop, proj_drop, dropout)
+                                             min_dim_heads, attn_ffn_ratios, attn_drop, proj_drop,
+                                             dropout) if use_transformer else None
         self.conv_stream = ConvStream(sum(in_ch), feature_size, attn_feature_size, m, patch_size, group_widths,
-                                      kernel_sizes, conv_ffn_ratios, dropout, LEVELS)
+                                      kernel_sizes, conv_ffn_ratios, dropout, LEVELS, with_mixers=use_transformer)
         self.decoder = DecoderLadder(feature_size, group_widths, kernel_sizes, conv_ffn_ratios, dropout, LEVELS)
-        self.head = PixelShuffleHead(feature_size, out_channels, patch_size)
+        self.head: nn.Module = PixelShuffleHead(feature_size, out_channels, patch_size) \
+            if upsampling == "pixel_shuffle" else TransposedConvHead(feature_size, out_channels, patch_size,
+                                                                     group_widths[0], kernel_sizes, conv_ffn_ratios[0],
+                                                                     dropout)
         # deep supervision on u_1, u_2 (decoder) and the deepest encoder feature
         self.ds_heads = nn.ModuleList(
             nn.Conv3d(widths[i], out_channels, 1) for i in range(1, LEVELS)
@@ -201,7 +217,7 @@ class VeloxSeg(nn.Module):
         """Logits ``(B, classes, D, H, W)`` in eval mode; a :class:`VeloxSegOutput` in train mode."""
         self.check_input(x)
         inputs = list(torch.split(x, self.in_channels, dim=1))
-        attention = self.transformer(inputs)
+        attention = self.transformer(inputs) if self.transformer is not None else None
         feats = self.conv_stream(x, attention)
         decoded = self.decoder(feats)
         logits = self.head(decoded[0])
@@ -215,6 +231,7 @@ class VeloxSeg(nn.Module):
         if self.teachers is None:
             return VeloxSegOutput(all_logits, None, None, [])
         recons, grams = [], []
+        assert attention is not None  # teachers are only built with the transformer stream
         for m, teacher in enumerate(self.teachers):
             recon, last = teacher([level[m] for level in attention], feats)
             recons.append(recon)
