@@ -1,0 +1,80 @@
+"""``veloxseg train``: train VeloxSeg on an nnU-Net v2 raw dataset (one process or under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``train`` sub-command."""
+    p = sub.add_parser("train", help="train on an nnU-Net v2 raw dataset (torchrun for several processes)",
+                       description="Train VeloxSeg with the paper's recipe. Under `torchrun --nproc_per_node N -m "
+                                   "veloxseg train ...` it runs DistributedDataParallel (gloo on CPU, nccl on GPU).")
+    p.add_argument("dataset", help="dataset folder with dataset.json, imagesTr/ and labelsTr/")
+    p.add_argument("--output", "-o", required=True, help="run folder (checkpoints, metrics.csv, curves.png, tensorboard/)")
+    p.add_argument("--preset", help="reference configuration: network, spacing and patch size (autopet, hecktor, brats)")
+    p.add_argument("--epochs", type=int, help="epochs (default 300); each epoch passes over every training case once")
+    p.add_argument("--patch-size", type=int, nargs=3, metavar=("D", "H", "W"),
+                   help="training patch, multiples of 32 (default: from the dataset fingerprint)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="target spacing in mm, RAS order (default: from the dataset fingerprint)")
+    p.add_argument("--batch-size", type=int, help="volumes per step, each giving 2 crops (default 2)")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--fold", type=int, help="5-fold cross-validation fold 0-4 (-1: train on all cases)")
+    split.add_argument("--val-fraction", type=float, help="fraction of cases held out for validation (default 0.2)")
+    p.add_argument("--val-every", type=int, help="validate every N epochs (default 5)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 2.5e-4)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint_last.pt")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--threads", type=int, help="CPU threads per process")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--cache", choices=("memory", "disk", "none"), help="where preprocessed cases are kept (default memory)")
+    p.add_argument("--workers", type=int, dest="num_workers", help="data-loader worker processes (default 0)")
+    p.add_argument("--max-minutes", type=float, help="fit the schedule into this wall-clock budget")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on CUDA")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    p.set_defaults(func=run)
+
+
+OVERRIDABLE = ("preset", "epochs", "patch_size", "spacing", "batch_size", "fold", "val_fraction", "val_every", "lr",
+               "device", "threads", "seed", "cache", "num_workers", "max_minutes", "amp", "progress")
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """A :class:`TrainConfig` from the arguments; with ``--resume`` the run's saved config fills the rest."""
+    from ..errors import InputError
+    from ..training import TrainConfig
+
+    base: dict[str, Any] = {"dataset": args.dataset, "output": args.output}
+    saved = Path(args.output) / "config.json"
+    if args.resume:
+        if not saved.is_file():
+            raise InputError(f"{saved}: not found; --resume needs a run folder written by veloxseg train")
+        base = {**json.loads(saved.read_text()), **base}
+    for key in OVERRIDABLE:
+        value = getattr(args, key, None)
+        if value is not None:
+            base[key] = list(value) if isinstance(value, (list, tuple)) else value
+    return TrainConfig.from_dict(base)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; print the best validation Dice and where the checkpoints are."""
+    from ..training import Trainer
+
+    config = build_config(args)
+    trainer = Trainer(config, resume=args.resume)
+    try:
+        summary = trainer.run_training()
+    finally:
+        trainer.close()
+    if trainer.is_main:
+        dice = summary["best_val_dice"]
+        best = "n/a" if dice is None else f"{dice:.4f} (epoch {summary['best_epoch']})"
+        print(f"done: {summary['epochs']} epochs in {summary['seconds']:.0f} s; best validation Dice {best}")
+        print(f"best checkpoint: {summary['best_checkpoint']}")
+        print(f"last checkpoint: {summary['last_checkpoint']}")
+    return 0

@@ -1,0 +1,517 @@
+"""The VeloxSeg trainer, modelled on nnU-Net v2's ``nnUNetTrainer``.
+
+One object runs the whole job; every step is a method a subclass can override:
+``initialize`` (dataset, plan, split, network, loss, optimizer, data loaders) ->
+``run_training`` -> per epoch ``on_epoch_start`` / ``train_step`` / ``on_epoch_end`` /
+``validate`` -> ``save_checkpoints``. Checkpoints are self-contained (see
+:mod:`veloxseg.checkpoint`). Under ``torchrun`` the network is wrapped in
+``DistributedDataParallel``, the training cases are sharded with a ``DistributedSampler``, the
+validation cases are split between ranks, metrics are summed over ranks and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import checkpoint as ckpt_io
+from ..errors import InputError
+from . import distributed as dist_utils
+from .logging import TensorBoardLogger, plot_curves, write_metrics_csv
+from .schedule import WarmupCosine, build_scheduler, default_warmup
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``veloxseg train`` accepts; the defaults are the paper's recipe."""
+
+    dataset: str
+    output: str
+    preset: str | None = None
+    epochs: int = 300
+    warmup_epochs: int | None = None  # None: 10 for 300 epochs, scaled for shorter runs
+    patch_size: list[int] | None = None
+    spacing: list[float] | None = None
+    batch_size: int = 2  # volumes per step (each gives num_samples crops)
+    num_samples: int = 2
+    lr: float = 2.5e-4
+    min_lr: float = 6e-6
+    weight_decay: float = 0.01
+    lambda_rc: float = 0.5
+    lambda_sdkt: float = 2.0
+    fold: int | None = None
+    val_fraction: float = 0.2
+    val_every: int = 5
+    sw_overlap: float = 0.25
+    sw_batch_size: int = 2
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    amp: bool = True  # only on CUDA
+    cache: str = "memory"  # memory | disk | none
+    num_workers: int = 0
+    progress: bool = True
+    max_minutes: float | None = None  # stop (and shorten the schedule) to fit this wall-clock budget
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of ``dataclasses.asdict``, ignoring unknown keys."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise InputError(f"--device must be cpu, cuda or auto, got {name!r}")
+    return torch.device("cpu")
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (and CUDA) RNG states."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Train VeloxSeg on an nnU-Net v2 raw dataset; see the module docstring for the hooks."""
+
+    model_name = "veloxseg"
+
+    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        self.config = config
+        self.resume = resume
+        self.output = Path(config.output)
+        self.device_kind = "cuda" if (config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())) else "cpu"
+        self.rank, self.world_size, self.local_rank = dist_utils.init(self.device_kind)
+        self.device = resolve_device(config.device, self.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.is_main = self.rank == 0
+        self.use_amp = bool(config.amp and self.device.type == "cuda")
+        self.start_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+        self.initialized = False
+        self._bar: Any = None
+
+    # ------------------------------------------------------------------ set-up hooks
+    def log(self, msg: str) -> None:
+        """Print ``msg`` (rank 0 only) and append it to ``RUN_DIR/training_log.txt``."""
+        if not self.is_main:
+            return
+        if getattr(self, "_bar", None) is not None:
+            self._bar.write(msg)
+        else:
+            print(msg, flush=True)
+        with open(self.output / "training_log.txt", "a") as fh:
+            fh.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+
+    def set_threads(self) -> None:
+        """``--threads``, else the cores divided between the processes of this machine."""
+        threads = self.config.threads
+        if threads is None and self.world_size > 1 and self.device.type == "cpu":
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+            threads = max(1, (os.cpu_count() or 1) // local)
+        if threads:
+            torch.set_num_threads(int(threads))
+
+    def load_resume_checkpoint(self) -> dict[str, Any]:
+        """The ``checkpoint_last.pt`` to resume from (an :class:`InputError` if there is none)."""
+        path = self.output / "checkpoint_last.pt"
+        ckpt = ckpt_io.load_checkpoint(path, map_location="cpu")
+        if "training_state" not in ckpt:
+            raise InputError(f"{path}: has no training state to resume from")
+        return ckpt
+
+    def build_plan(self) -> tuple[Any, dict[str, Any]]:
+        """Validate the dataset, compute its fingerprint (rank 0) and the plan."""
+        from ..data.dataset import validate_dataset
+        from ..data.plan import compute_fingerprint, make_plan
+
+        ds = validate_dataset(self.config.dataset)
+        spacing, patch = self.config.spacing, self.config.patch_size
+        if self.config.preset:
+            from ..presets import get_preset
+
+            preset = get_preset(self.config.preset)
+            spacing = spacing or list(preset.spacing)
+            patch = patch or list(preset.patch_size)
+        plan = None
+        if self.is_main:
+            fingerprint = compute_fingerprint(ds)
+            plan = make_plan(ds, fingerprint, spacing=spacing, patch_size=patch)
+        plan = dist_utils.broadcast_object(plan)
+        return ds, plan
+
+    def build_network(self, in_channels: list[int], out_channels: int, patch_size: list[int]) -> nn.Module:
+        """The network to train (full VeloxSeg with texture teachers and deep supervision)."""
+        from ..networks import VeloxSeg
+
+        kwargs: dict[str, Any] = {}
+        if self.config.preset:
+            from ..presets import get_preset
+
+            kwargs.update(get_preset(self.config.preset).model)
+        kwargs.update(self.config.model_overrides)
+        if "in_channels" in kwargs and sum(kwargs["in_channels"]) != sum(in_channels):
+            raise InputError(f"preset {self.config.preset!r} expects {sum(kwargs['in_channels'])} channels, "
+                             f"the dataset has {sum(in_channels)}")
+        kwargs.setdefault("in_channels", in_channels)
+        kwargs["out_channels"] = out_channels
+        kwargs["img_size"] = list(patch_size)
+        try:
+            return VeloxSeg(**kwargs)
+        except ValueError:
+            if "window_sizes" not in kwargs:
+                raise
+            kwargs.pop("window_sizes")  # the preset's windows do not fit this patch: derive them
+            return VeloxSeg(**kwargs)
+
+    def build_loss(self) -> nn.Module:
+        """The full VeloxSeg loss."""
+        from ..losses import VeloxSegLoss
+
+        return VeloxSegLoss(lambda_rc=self.config.lambda_rc, lambda_sdkt=self.config.lambda_sdkt)
+
+    def configure_optimizers(self) -> None:
+        """AdamW with warm-up and cosine decay, per epoch."""
+        c = self.config
+        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        warmup = c.warmup_epochs if c.warmup_epochs is not None else default_warmup(c.epochs)
+        self.scheduler = build_scheduler(self.optimizer, c.epochs, warmup, c.lr, c.min_lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def build_dataloaders(self) -> None:
+        """Cached training data with random crops/rotations/flips, and cached validation cases."""
+        from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+        from monai.transforms import Compose
+        from torch.utils.data import DistributedSampler
+
+        from ..data.preprocessing import training_transforms, validation_transforms
+
+        cases = {c.name: c.as_dict() for c in self.dataset.cases}
+        train = [cases[n] for n in self.split["train"]]
+        val = [cases[n] for n in self.split["val"]][self.rank::self.world_size]
+        det, rnd = training_transforms(self.plan, num_samples=self.config.num_samples)
+        self.train_random = rnd
+        transform = Compose([*det.transforms, *rnd.transforms])
+        cache = self.config.cache
+        quiet = not self.progress_enabled()
+        if cache == "memory":
+            self.train_ds = CacheDataset(train, transform, num_workers=None, progress=not quiet, copy_cache=True)
+        elif cache == "disk":
+            self.train_ds = PersistentDataset(train, transform, cache_dir=self.output / "cache")
+        else:
+            self.train_ds = Dataset(train, transform)
+        self.sampler = DistributedSampler(self.train_ds, num_replicas=self.world_size, rank=self.rank,
+                                          shuffle=True, seed=self.config.seed, drop_last=False)
+        self.train_loader = DataLoader(self.train_ds, batch_size=self.config.batch_size, sampler=self.sampler,
+                                       num_workers=self.config.num_workers,
+                                       pin_memory=self.device.type == "cuda")
+        vt = validation_transforms(self.plan)
+        self.val_ds = CacheDataset(val, vt, progress=False) if cache == "memory" and val else Dataset(val, vt)
+
+    def initialize(self) -> None:
+        """Everything before the first epoch: plan, split, network, loss, optimizer, data, resume state."""
+        from ..data.dataset import validate_dataset
+        from ..data.plan import default_modalities
+        from ..data.split import split_cases
+
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.set_threads()
+        resume_ckpt = self.load_resume_checkpoint() if self.resume else None
+        if resume_ckpt is not None:
+            state = resume_ckpt["training_state"]
+            self.dataset = validate_dataset(self.config.dataset)
+            self.plan = resume_ckpt["plan"]
+            self.split = state["split"]
+            if list(self.dataset.channel_names) != list(resume_ckpt["channel_names"]):
+                raise InputError(f"{self.config.dataset}: channels {self.dataset.channel_names} differ from the "
+                                 f"checkpoint's {resume_ckpt['channel_names']}")
+        else:
+            self.dataset, self.plan = self.build_plan()
+            train, val = split_cases([c.name for c in self.dataset.cases], self.config.fold, self.config.val_fraction)
+            self.split = {"train": train, "val": val}
+        if not self.split["train"]:
+            raise InputError(f"{self.config.dataset}: no training cases left after the split")
+        self.labels = dict(self.dataset.labels)
+        self.network = self.build_network(default_modalities(self.dataset.channel_names), self.dataset.num_classes,
+                                          self.plan["patch_size"]).to(self.device)
+        self.loss_fn = self.build_loss()
+        self.configure_optimizers()
+        if resume_ckpt is not None:
+            self.restore(resume_ckpt)
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model: nn.Module = DDP(self.network, device_ids=ids)
+        else:
+            self.model = self.network
+        if self.is_main:
+            (self.output / "plan.json").write_text(json.dumps(self.plan, indent=2))
+            (self.output / "splits.json").write_text(json.dumps(self.split, indent=2))
+            (self.output / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
+            self.tb = TensorBoardLogger(self.output / "tensorboard")
+        self.build_dataloaders()
+        self.initialized = True
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Load weights and the full training state of a "last" checkpoint."""
+        state = ckpt["training_state"]
+        self.network.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.best_metric = state.get("best_metric")
+        self.best_epoch = state.get("best_epoch")
+        set_rng_state(state["rng"])
+        self.log(f"resumed from {self.output / 'checkpoint_last.pt'} after epoch {self.start_epoch}")
+
+    # ------------------------------------------------------------------ training hooks
+    def progress_enabled(self) -> bool:
+        """Progress bar on rank 0 only, when asked for and stdout is a terminal."""
+        return bool(self.config.progress and self.is_main and sys.stdout.isatty())
+
+    def seed_epoch(self, epoch: int) -> None:
+        """Seed every RNG from (seed, epoch, rank), so a resumed run draws what an uninterrupted one would."""
+        s = (self.config.seed * 1_000_003 + epoch * 7919 + self.rank * 104_729) % (2**31)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        self.train_random.set_random_state(seed=s)
+        self.sampler.set_epoch(epoch)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Seed, switch to train mode."""
+        self.seed_epoch(epoch)
+        self.model.train()
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimisation step on a batch; returns the (local) loss parts."""
+        x = batch["image"].to(self.device, non_blocking=True).float()
+        y = batch["label"].to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            out = self.model(x)
+            parts = self.loss_fn(out, y, x)
+        self.scaler.scale(parts.total).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"train_loss": float(parts.total.detach()), "seg_loss": float(parts.segmentation),
+                "rc_loss": float(parts.reconstruction), "sdkt_loss": float(parts.sdkt)}
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """All steps of one epoch; losses averaged over steps and ranks."""
+        self.on_epoch_start(epoch)
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in self.train_loader:
+            parts = self.train_step(batch)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            if self._bar is not None:
+                self._bar.update(1)
+                self._bar.set_postfix(epoch=epoch + 1, loss=f"{parts['train_loss']:.4f}", refresh=False)
+        keys = sorted(sums)
+        totals = dist_utils.all_reduce_sum([sums[k] for k in keys] + [float(n)], self.device)
+        count = max(totals[-1], 1.0)
+        return {k: totals[i] / count for i, k in enumerate(keys)}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float | None]:
+        """Sliding-window Dice on the held-out cases (summed over ranks): mean and per label."""
+        from monai.inferers import sliding_window_inference
+        from monai.metrics import DiceMetric
+
+        net = self.network
+        net.eval()
+        classes = self.dataset.num_classes
+        metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+        sums = [0.0] * (classes - 1)
+        counts = [0.0] * (classes - 1)
+        for item in self.val_ds:
+            x = torch.as_tensor(item["image"])[None].to(self.device).float()
+            y = torch.as_tensor(item["label"])[None].to(self.device).long()
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                logits = sliding_window_inference(x, self.plan["patch_size"], self.config.sw_batch_size, net,
+                                                  overlap=self.config.sw_overlap, mode="gaussian")
+            pred = logits.float().argmax(1, keepdim=True)
+            onehot_p = torch.nn.functional.one_hot(pred[:, 0], classes).permute(0, 4, 1, 2, 3)
+            onehot_y = torch.nn.functional.one_hot(y[:, 0].clamp(0, classes - 1), classes).permute(0, 4, 1, 2, 3)
+            dice = metric(onehot_p, onehot_y)[0]
+            metric.reset()
+            for c in range(classes - 1):
+                v = float(dice[c])
+                if not math.isnan(v):
+                    sums[c] += v
+                    counts[c] += 1
+        totals = dist_utils.all_reduce_sum(sums + counts, self.device)
+        sums, counts = totals[: classes - 1], totals[classes - 1:]
+        names = {v: k for k, v in self.labels.items()}
+        result: dict[str, float | None] = {}
+        per = []
+        for c in range(classes - 1):
+            d = sums[c] / counts[c] if counts[c] else None
+            result[f"val_dice_{names.get(c + 1, c + 1)}"] = d
+            if d is not None:
+                per.append(d)
+        result["val_dice"] = sum(per) / len(per) if per else None
+        return result
+
+    # ------------------------------------------------------------------ checkpoints
+    def base_payload(self) -> dict[str, Any]:
+        """Keys common to the best and last checkpoints."""
+        return {"format": ckpt_io.FORMAT, "format_version": ckpt_io.FORMAT_VERSION, "model_name": self.model_name,
+                "labels": dict(self.labels), "channel_names": list(self.dataset.channel_names),
+                "plan": self.plan, "versions": ckpt_io.versions()}
+
+    def save_last(self, epoch_done: int) -> None:
+        """``checkpoint_last.pt``: full network and everything needed to resume."""
+        payload = self.base_payload()
+        payload.update(model_kwargs=dict(self.network.hparams), state_dict=self.network.state_dict())
+        payload["training_state"] = {
+            "epoch": epoch_done, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.use_amp else None, "rng": rng_state(),
+            "history": self.history, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+            "split": self.split, "config": asdict(self.config), "world_size": self.world_size,
+        }
+        ckpt_io.save_checkpoint(self.output / "checkpoint_last.pt", payload)
+
+    def save_best(self, epoch_done: int, metrics: dict[str, Any]) -> None:
+        """``checkpoint_best.pt``: the deployable network (teachers and deep-supervision heads stripped)."""
+        deployed = self.network.for_inference()
+        payload = self.base_payload()
+        payload.update(model_kwargs=dict(deployed.hparams), state_dict=deployed.state_dict(),
+                       metrics={"epoch": epoch_done, **metrics}, split=self.split)
+        ckpt_io.save_checkpoint(self.output / "checkpoint_best.pt", payload)
+        self.network.train()
+
+    # ------------------------------------------------------------------ the loop
+    def fit_time_budget(self, epoch: int, epoch_seconds: float) -> None:
+        """With ``max_minutes``: after the first epoch, shorten the schedule to what fits the budget."""
+        budget = self.config.max_minutes * 60.0 - (time.time() - self._t0)  # type: ignore[operator]
+        val_share = 1.3  # validations and checkpoints cost roughly this much on top
+        fit = epoch + 1 + int(budget / (epoch_seconds * val_share))
+        if fit < self.epochs:
+            self.epochs = max(epoch + 2, fit)
+            sched: WarmupCosine = self.scheduler.lr_lambdas[0]  # type: ignore[assignment]
+            sched.epochs = self.epochs
+            sched.warmup = min(sched.warmup, default_warmup(self.epochs))
+            self.log(f"time budget {self.config.max_minutes:g} min: training {self.epochs} epochs")
+
+    def run_training(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train from ``start_epoch`` to ``epochs``; ``stop_after`` ends early after that epoch (for tests).
+
+        Returns a summary: epochs done, best validation Dice and its epoch, checkpoint paths.
+        """
+        from tqdm.auto import tqdm
+
+        if not self.initialized:
+            self.initialize()
+        c = self.config
+        self.epochs = c.epochs
+        self._t0 = time.time()
+        steps = len(self.train_loader)
+        self._bar = tqdm(total=self.epochs * steps, initial=self.start_epoch * steps, unit="step",
+                         dynamic_ncols=True, disable=not self.progress_enabled(), leave=True) \
+            if self.progress_enabled() else None
+        self.log(f"training {len(self.split['train'])} cases, validating {len(self.split['val'])}; "
+                 f"patch {self.plan['patch_size']} at spacing {self.plan['spacing']} mm; "
+                 f"{self.world_size} process(es) on {self.device}; epochs {self.start_epoch}->{self.epochs}")
+        epoch = self.start_epoch
+        try:
+            while epoch < self.epochs:
+                t = time.time()
+                row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+                row.update(self.train_epoch(epoch))
+                self.scheduler.step()
+                last = epoch + 1 >= self.epochs or (stop_after is not None and epoch + 1 >= stop_after)
+                if c.max_minutes is not None:
+                    if epoch == self.start_epoch:
+                        self.fit_time_budget(epoch, time.time() - t)
+                    last = last or epoch + 1 >= self.epochs
+                if self.split["val"] and ((epoch + 1) % c.val_every == 0 or epoch + 1 >= self.epochs):
+                    row.update(self.validate())
+                row["epoch_time"] = round(time.time() - t, 3)
+                self.on_epoch_end(epoch, row)
+                epoch += 1
+                if last:
+                    break
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+        if self.is_main and (not self.split["val"] or not (self.output / "checkpoint_best.pt").exists()):
+            self.save_best(epoch, {"val_dice": None, "note": "no validation: final weights"})
+        dist_utils.barrier()
+        if self.is_main and hasattr(self, "tb"):
+            self.tb.close()
+        return {"epochs": epoch, "best_val_dice": self.best_metric, "best_epoch": self.best_epoch,
+                "best_checkpoint": str(self.output / "checkpoint_best.pt"),
+                "last_checkpoint": str(self.output / "checkpoint_last.pt"),
+                "seconds": round(time.time() - self._t0, 1)}
+
+    def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
+        """Record metrics, keep the best network, write CSV/TensorBoard/curves and the last checkpoint."""
+        self.history.append(row)
+        improved = row.get("val_dice") is not None and (self.best_metric is None or row["val_dice"] > self.best_metric)
+        if improved:
+            self.best_metric, self.best_epoch = float(row["val_dice"]), epoch + 1
+        if not self.is_main:
+            return
+        if improved:
+            self.save_best(epoch + 1, {k: v for k, v in row.items() if k.startswith("val_")})
+        write_metrics_csv(self.output / "metrics.csv", self.history)
+        self.tb.log(row)
+        if "val_dice" in row:
+            plot_curves(self.output / "curves.png", self.history)
+            msg = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_") and v is not None)
+            self.log(f"epoch {epoch + 1}/{self.epochs}: loss {row['train_loss']:.4f}, {msg or 'val_dice n/a'}"
+                     f" (best {self.best_metric if self.best_metric is not None else float('nan'):.4f}"
+                     f" at epoch {self.best_epoch})")
+        elif not self.progress_enabled():
+            self.log(f"epoch {epoch + 1}/{self.epochs}: loss {row['train_loss']:.4f} lr {row['lr']:.2e} "
+                     f"({row['epoch_time']:.1f} s)")
+        self.save_last(epoch + 1)
+
+    def close(self) -> None:
+        """End the process group (if any)."""
+        dist_utils.cleanup()
