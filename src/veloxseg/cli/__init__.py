@@ -19,7 +19,9 @@ from .. import __version__
 COMMANDS: tuple[str, ...] = (
     "summary",
     "jl",
+    "predict",
     "evaluate",
+    "export",
 )
 
 
@@ -46,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (VeloxSegError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
-        print(f"veloxseg {args.command}: error: {err}", file=sys.stderr)
+        one_line = " ".join(str(err).split())  # library messages (e.g. nibabel's) may span lines
+        print(f"veloxseg {args.command}: error: {one_line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"veloxseg {args.command}: interrupted", file=sys.stderr)

@@ -1,0 +1,30 @@
+"""``veloxseg export``: the deployable network as ONNX or TorchScript, with a JSON sidecar."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``export`` sub-command."""
+    p = sub.add_parser("export", help="export the deployable network to ONNX or TorchScript",
+                       description="Export the network without its training-only parts; FILE.json beside it keeps "
+                                   "the preprocessing plan, labels and channel names, so `veloxseg predict -m FILE` "
+                                   "runs the whole pipeline. The export is checked against PyTorch before it is kept.")
+    p.add_argument("-m", "--model", required=True, type=Path, help="checkpoint (.pt from veloxseg train)")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    p.add_argument("-o", "--output", required=True, type=Path, help="model file to write (e.g. model.onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export ``args.model`` to ``args.output``."""
+    from ..export import export_checkpoint
+
+    result = export_checkpoint(args.model, args.format, args.output, args.opset)
+    print(f"wrote {result.model_path} ({args.format}) and {result.sidecar_path}")
+    print(f"check against PyTorch: max |logit difference| {result.max_abs_logit_diff:.2e}, "
+          f"argmax agreement {result.argmax_agreement:.4%}")
+    return 0

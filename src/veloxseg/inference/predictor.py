@@ -1,0 +1,285 @@
+"""Predict one case: the checkpoint's preprocessing, sliding windows, and back to the input's grid.
+
+Pipeline (the checkpoint alone decides every step):
+
+1. read the channel files (:mod:`veloxseg.io`), checking they exist, are readable NIfTI, share one
+   grid and hold finite values;
+2. the training preprocessing of :func:`veloxseg.data.preprocessing.inference_transforms`
+   (RAS orientation, foreground crop, resampling to the plan's spacing, per-channel normalisation),
+   applied to the arrays in memory;
+3. MONAI's ``sliding_window_inference`` over patches of the training size with Gaussian blending
+   (optionally with flip test-time augmentation inside each window, as nnU-Net does), then softmax;
+4. each class's probability mapped back to the input grid with ``Invertd`` (linear interpolation),
+   one class at a time with a running argmax, so memory beyond the stitching buffer is two
+   input-sized float arrays whatever the number of classes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from ..errors import InputError
+from .cases import Case, case_from_files
+from .engines import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+#: above this many windows per case the sliding window shows its own progress bar
+WINDOW_PROGRESS_THRESHOLD = 64
+
+
+@dataclass
+class CasePrediction:
+    """What predicting one case gives: the label map on the input grid and optional extras."""
+
+    labels: np.ndarray
+    affine: np.ndarray
+    probabilities: np.ndarray | None = None
+    image: np.ndarray | None = None
+    reference: nib.Nifti1Image | None = None
+    padded: bool = False
+    preprocessed_shape: tuple[int, ...] = ()
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_nifti(self) -> nib.Nifti1Image:
+        """The label map as a uint8 NIfTI image with the input's header geometry (shape, affine, codes)."""
+        return label_image(self.labels, self.affine, self.reference)
+
+
+def label_image(labels: np.ndarray, affine: np.ndarray, reference: nib.Nifti1Image | None = None) -> nib.Nifti1Image:
+    """A uint8 label image; with ``reference``, its header's sform/qform and units are kept exactly."""
+    labels = np.asarray(labels, dtype=np.uint8)
+    if reference is None:
+        img = nib.Nifti1Image(labels, np.asarray(affine, dtype=np.float64))
+        img.header.set_xyzt_units("mm", "sec")
+        return img
+    header = nib.Nifti1Header.from_header(reference.header)
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0, 0
+    header.set_intent("none")
+    header["descrip"] = b"veloxseg prediction"
+    return nib.Nifti1Image(labels, reference.affine, header)
+
+
+def flip_axes_sets(tta: bool) -> list[tuple[int, ...]]:
+    """Spatial axes (of a ``(B, C, D, H, W)`` tensor) to flip: all 8 combinations with TTA, else none."""
+    if not tta:
+        return [()]
+    return [axes for r in range(4) for axes in itertools.combinations((2, 3, 4), r)]
+
+
+class Predictor:
+    """Segment images with a trained VeloxSeg checkpoint (or an exported model).
+
+    Example::
+
+        predictor = Predictor.from_checkpoint("model.pt", device="cpu")
+        seg = predictor.predict(["case_0000.nii.gz", "case_0001.nii.gz"])   # nibabel image, input grid
+        labels = predictor.predict_array(volume, affine)                      # numpy uint8
+    """
+
+    def __init__(self, model: LoadedModel, overlap: float = 0.5, tta: bool = False, sw_batch_size: int = 2,
+                 device: str | torch.device = "cpu", window_progress: bool = False) -> None:
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        self.model = model
+        self.overlap = float(overlap)
+        self.tta = bool(tta)
+        self.sw_batch_size = int(sw_batch_size)
+        self.device = torch.device(device)
+        self.window_progress = window_progress
+        self._transform = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu", engine: str = "torch",
+                        threads: int | None = None, **kwargs: Any) -> Predictor:
+        """Load ``path`` (a checkpoint, or a model from ``veloxseg export``); ``kwargs`` go to the constructor."""
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+        if threads:
+            torch.set_num_threads(int(threads))
+        return cls(load_model(path, engine, device, threads), device=device, **kwargs)
+
+    # -- preprocessing -------------------------------------------------------------------------
+
+    @property
+    def transform(self):
+        """The checkpoint's inference preprocessing without the file loading (arrays come from io.py)."""
+        if self._transform is None:
+            from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+            from ..data.preprocessing import inference_transforms
+
+            chain = inference_transforms(self.model.plan).transforms
+            self._transform = Compose([t for t in chain if not isinstance(t, (LoadImaged, EnsureChannelFirstd))])
+        return self._transform
+
+    def _preprocess(self, image: np.ndarray, affine: np.ndarray):
+        from monai.data import MetaTensor
+
+        tensor = MetaTensor(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+                            affine=torch.as_tensor(np.asarray(affine, dtype=np.float64)))
+        return self.transform({"image": tensor})["image"]
+
+    # -- network ---------------------------------------------------------------------------------
+
+    def _window(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of windows, averaged over the flips when TTA is on."""
+        axes_sets = flip_axes_sets(self.tta)
+        total = None
+        for axes in axes_sets:
+            xi = torch.flip(x, axes) if axes else x
+            out = self.model.engine(xi).float().cpu()
+            out = torch.flip(out, axes) if axes else out
+            total = out if total is None else total.add_(out)
+        assert total is not None
+        return total.div_(len(axes_sets)) if len(axes_sets) > 1 else total
+
+    def _probabilities(self, x: torch.Tensor, case: str) -> tuple[torch.Tensor, bool]:
+        from monai.inferers import sliding_window_inference
+
+        patch = self.model.patch_size
+        size = tuple(x.shape[1:])
+        padded = any(s < p for s, p in zip(size, patch))
+        if padded:
+            log.warning("%s: the preprocessed image %s is smaller than one patch %s; it is padded for prediction "
+                        "and the padding is cropped away again", case, size, patch)
+        windows = int(np.prod([max(1, int(np.ceil((s - p) / (p * (1 - self.overlap)))) + 1) if s > p else 1
+                               for s, p in zip(size, patch)]))
+        with torch.inference_mode():
+            logits = sliding_window_inference(
+                x.as_tensor()[None].float() if hasattr(x, "as_tensor") else x[None].float(),
+                roi_size=patch, sw_batch_size=self.sw_batch_size, predictor=self._window, overlap=self.overlap,
+                mode="gaussian", padding_mode="constant", cval=0.0, sw_device=self.device, device="cpu",
+                progress=self.window_progress and windows > WINDOW_PROGRESS_THRESHOLD,
+            )
+            probs = torch.softmax(logits[0], dim=0)
+        del logits
+        return probs, padded
+
+    def _to_input_grid(self, probs: torch.Tensor, pre, keep_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Map class probabilities back to the input grid one class at a time, with a running argmax."""
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
+        invert = Invertd(keys="pred", transform=self.transform, orig_keys="image", nearest_interp=False)
+
+        def back(channel: torch.Tensor) -> np.ndarray:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                out = invert({"image": pre, "pred": MetaTensor(channel[None].clone())})["pred"]
+            return np.asarray(out[0].detach().cpu().numpy(), dtype=np.float32)
+
+        # regions outside the foreground crop come back as 0: invert "not background" so they are background
+        best = 1.0 - back(1.0 - probs[0])
+        labels = np.zeros(best.shape, dtype=np.uint8)
+        stack = [best.astype(np.float16)] if keep_probabilities else None
+        for k in range(1, probs.shape[0]):
+            pk = back(probs[k])
+            better = pk > best
+            labels[better] = k
+            np.maximum(best, pk, out=best)
+            if stack is not None:
+                stack.append(pk.astype(np.float16))
+            del pk, better
+        return labels, (np.stack(stack) if stack is not None else None)
+
+    # -- public API ------------------------------------------------------------------------------
+
+    def _check_array(self, image: np.ndarray, name: str) -> np.ndarray:
+        image = np.asarray(image)
+        if image.ndim == 3 and self.model.num_channels == 1:
+            image = image[None]
+        if image.ndim != 4:
+            raise InputError(f"{name}: expected a (channels, x, y, z) array, got shape {image.shape}")
+        if image.shape[0] != self.model.num_channels:
+            raise InputError(f"{name}: has {image.shape[0]} channel(s), the model takes {self.model.num_channels} "
+                             f"({', '.join(self.model.channel_names)})")
+        bad = ~np.isfinite(image)
+        if bad.any():
+            raise InputError(f"{name}: {int(bad.sum())} voxels are NaN or infinite")
+        return image
+
+    def predict_case_array(self, image: np.ndarray, affine: np.ndarray, name: str = "array",
+                           keep_probabilities: bool = False) -> CasePrediction:
+        """Predict a ``(C, x, y, z)`` image with its voxel-to-world ``affine``; labels on the same grid."""
+        start = time.perf_counter()
+        image = self._check_array(image, name)
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+            raise InputError(f"{name}: the affine must be a finite 4x4 matrix, got shape {affine.shape}")
+        pre = self._preprocess(image, affine)
+        probs, padded = self._probabilities(pre, name)
+        labels, stack = self._to_input_grid(probs, pre, keep_probabilities)
+        if labels.shape != image.shape[1:]:  # cannot happen unless the preprocessing is not invertible
+            raise RuntimeError(f"{name}: prediction shape {labels.shape} differs from the input {image.shape[1:]}")
+        return CasePrediction(labels, affine, stack, image, None, padded, tuple(pre.shape[1:]),
+                              time.perf_counter() - start)
+
+    def predict_array(self, array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """Label map (uint8, same shape as ``array``'s spatial axes) of a ``(C, x, y, z)`` array."""
+        return self.predict_case_array(array, affine).labels
+
+    def read_case(self, case: Case) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
+        """The channels of ``case`` stacked ``(C, x, y, z)``, their affine, and channel 0's image (header)."""
+        from ..io import check_same_grid, read_header, read_nifti
+
+        if len(case.channels) != self.model.num_channels:
+            raise InputError(f"{case.channels[0]}: case {case.name} has {len(case.channels)} channel file(s), the "
+                             f"model takes {self.model.num_channels} ({', '.join(self.model.channel_names)})")
+        problems = check_same_grid([read_header(p) for p in case.channels])
+        if problems:
+            raise InputError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        arrays, affine = [], None
+        for p in case.channels:
+            data, aff = read_nifti(p)
+            arrays.append(data)
+            affine = aff if affine is None else affine
+        reference = nib.load(str(case.channels[0]))
+        return np.stack(arrays), np.asarray(reference.affine, dtype=np.float64), reference
+
+    def predict_case(self, case: Case, keep_probabilities: bool = False) -> CasePrediction:
+        """Predict one :class:`Case` read from its files; labels on channel 0's grid."""
+        start = time.perf_counter()
+        image, affine, reference = self.read_case(case)
+        result = self.predict_case_array(image, affine, str(case.channels[0]), keep_probabilities)
+        result.reference = reference
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def predict(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> nib.Nifti1Image:
+        """Label map of one case given as its channel files (training order), as a uint8 nibabel image."""
+        files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        case = case_from_files(files, self.model.channel_names)
+        return self.predict_case(case).to_nifti()
+
+    def check_case(self, case: Case) -> None:
+        """Header-only checks of a case (files exist, readable, same grid) before any prediction starts."""
+        from ..io import check_same_grid, read_header
+
+        problems = check_same_grid([read_header(p) for p in case.channels])
+        if problems:
+            raise InputError(problems[0])
+
+    def describe(self) -> str:
+        """One line on the loaded model, for logs and the run summary."""
+        m = self.model
+        return (f"{m.source.name} ({m.engine_name}, {m.num_channels} channel(s): {', '.join(m.channel_names)}, "
+                f"patch {list(m.patch_size)}, spacing {list(m.plan['spacing'])}, overlap {self.overlap}"
+                f"{', flip TTA' if self.tta else ''})")
+
