@@ -68,3 +68,21 @@ def test_window_pairs_autopet():
     assert [p[0][0] for p in window_pairs((24, 24, 24), (3, 3, 3))] == [3, 6, 12, 24]
     assert [p[0][0] for p in window_pairs((12, 12, 12), (6, 6, 6))] == [6, 12]
     assert [p[0][0] for p in window_pairs((3, 3, 3), (3, 3, 3))] == [3]
+
+
+def test_pwa_gradients_match_slow_reference():
+    torch.manual_seed(1)
+    size = (4, 4, 4)
+    pairs = window_pairs(size, (2, 2, 2))
+    attn = PairedWindowAttention(8, 2, pairs, heads=2, min_dim_head=2, attn_drop=0.0, proj_drop=0.0).double().train()
+    xs = [torch.randn(1, 8, *size, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    weights = [torch.randn(1, 8, *size, dtype=torch.float64) for _ in range(2)]
+
+    def grads(fn):
+        for p in [*attn.parameters(), *xs]:
+            p.grad = None
+        sum((o * w).sum() for o, w in zip(fn(xs), weights)).backward()
+        return [p.grad.clone() for p in [*attn.parameters(), *xs]]
+
+    for fast, slow in zip(grads(attn), grads(lambda inputs: slow_pwa(attn, inputs))):
+        assert torch.allclose(fast, slow, atol=1e-8)

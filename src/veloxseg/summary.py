@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .networks import VeloxSeg
+from .networks.layers import fast_paths
 from .presets import get_preset
 
 
@@ -19,12 +20,16 @@ def count_parameters(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
-    """FLOPs of one eval-mode forward (``FlopCounterMode``: 2 per multiply-add) and the output shape."""
+    """FLOPs of one eval-mode forward (``FlopCounterMode``: 2 per multiply-add) and the output shape.
+
+    Counted on PyTorch's default ops: ``FlopCounterMode`` does not see the oneDNN kernels that
+    the fast paths call directly (the work is the same).
+    """
     was_training = model.training
     model.eval()
     param = next(model.parameters())
     x = torch.zeros(input_shape, dtype=param.dtype, device=param.device)
-    with FlopCounterMode(display=False) as counter:
+    with fast_paths(False), FlopCounterMode(display=False) as counter:
         y = model(x)
     model.train(was_training)
     return counter.get_total_flops(), tuple(y.shape)

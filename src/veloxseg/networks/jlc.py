@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import InstanceNorm3d
+from .layers import Conv3d, InstanceNorm3d
 
 
 class JLCBlock(nn.Module):
@@ -34,7 +34,7 @@ class JLCBlock(nn.Module):
         groups = channels // group_width
         self.branches = nn.ModuleList(
             nn.Sequential(
-                nn.Conv3d(channels, channels, k, padding=k // 2, groups=groups),
+                Conv3d(channels, channels, k, padding=k // 2, groups=groups),
                 InstanceNorm3d(channels),
                 nn.GELU(),
             )
@@ -43,9 +43,9 @@ class JLCBlock(nn.Module):
         hidden = channels * ffn_ratio
         self.ffn = nn.Sequential(
             InstanceNorm3d(channels),
-            nn.Conv3d(channels, hidden, 1),
+            Conv3d(channels, hidden, 1),
             nn.GELU(),
-            nn.Conv3d(hidden, channels, 1),
+            Conv3d(hidden, channels, 1),
             nn.Dropout(dropout),
         )
 

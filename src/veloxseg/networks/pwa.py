@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import LayerNorm3d
+from .layers import Conv3d, LayerNorm3d
 
 Size3 = tuple[int, int, int]
 
@@ -103,10 +103,10 @@ class PairedWindowAttention(nn.Module):
         self.dim_v = self.v_channels // (self.num_scales * heads)
         self.attn_drop = attn_drop
 
-        self.q = nn.ModuleList(nn.Conv3d(channels, self.qk_channels, 1) for _ in range(num_modalities))
-        self.k = nn.ModuleList(nn.Conv3d(channels, self.qk_channels, 1) for _ in range(num_modalities))
-        self.v = nn.ModuleList(nn.Conv3d(channels, self.v_channels, 1) for _ in range(num_modalities))
-        self.mixer = nn.ModuleList(nn.Conv3d(self.v_channels, channels, 1) for _ in range(num_modalities))
+        self.q = nn.ModuleList(Conv3d(channels, self.qk_channels, 1) for _ in range(num_modalities))
+        self.k = nn.ModuleList(Conv3d(channels, self.qk_channels, 1) for _ in range(num_modalities))
+        self.v = nn.ModuleList(Conv3d(channels, self.v_channels, 1) for _ in range(num_modalities))
+        self.mixer = nn.ModuleList(Conv3d(self.v_channels, channels, 1) for _ in range(num_modalities))
         self.proj_drop = nn.Dropout(proj_drop)
 
         nd, nh, nw = self.tokens
@@ -121,54 +121,77 @@ class PairedWindowAttention(nn.Module):
         bias = bias.reshape(t, t, self.heads).permute(2, 0, 1)
         return bias.repeat(1, self.num_modalities, self.num_modalities)
 
-    def _gather(self, x: torch.Tensor, scale: int, dim: int) -> torch.Tensor:
-        """Channel group ``scale`` of ``x`` as windows ``(B*nW, heads, T, dim)``."""
-        (big, small), width = self.pairs[scale], self.heads * dim
-        x = x[:, scale * width:(scale + 1) * width]
-        if small != (1, 1, 1):
-            x = F.max_pool3d(x, small, small)
-        nd, nh, nw = self.tokens
-        return rearrange(x, "b (h c) (gd nd) (gh nh) (gw nw) -> (b gd gh gw) h (nd nh nw) c",
-                         h=self.heads, nd=nd, nh=nh, nw=nw)
+    def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights of one grouped 1x1 conv giving q, k, v of every modality.
 
-    def _scatter(self, w: torch.Tensor, scale: int, batch: int, size: Size3) -> torch.Tensor:
-        """Inverse of :meth:`_gather`: windows back to a ``(B, heads*dim_v, D, H, W)`` map."""
-        big, small = self.pairs[scale]
-        nd, nh, nw = self.tokens
-        gd, gh, gw = (s // b for s, b in zip(size, big))
-        w = rearrange(w, "b h (nd nh nw) c -> b (h c) nd nh nw", nd=nd, nh=nh, nw=nw)
-        if small != (1, 1, 1):
-            w = F.interpolate(w, size=big, mode="trilinear", align_corners=True)
-        return rearrange(w, "(b gd gh gw) c d h w -> b c (gd d) (gh h) (gw w)", b=batch, gd=gd, gh=gh, gw=gw)
+        Output channels are ordered (modality, scale, head, [q | k | v]) so that a scale's
+        channels are one block per modality and a head's q, k and v sit side by side.
+        """
+        k_, h = self.num_scales, self.heads
+        weights, biases = [], []
+        for q, k, v in zip(self.q, self.k, self.v):
+            parts = [(conv.weight.reshape(k_, h, dim, -1), conv.bias.reshape(k_, h, dim))
+                     for conv, dim in ((q, self.dim_qk), (k, self.dim_qk), (v, self.dim_v))]
+            weights.append(torch.cat([w for w, _ in parts], dim=2).reshape(-1, parts[0][0].shape[-1], 1, 1, 1))
+            biases.append(torch.cat([b for _, b in parts], dim=2).reshape(-1))
+        return torch.cat(weights), torch.cat(biases)
+
+    def _fused_mixer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weights of one grouped 1x1 conv applying every modality's mixer."""
+        return torch.cat([m.weight for m in self.mixer]), torch.cat([m.bias for m in self.mixer])
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Attend across the modalities and scales of ``xs`` (already normalised); one output per modality."""
+        m, heads, dq = self.num_modalities, self.heads, self.dim_qk
         batch, size = xs[0].shape[0], tuple(xs[0].shape[2:])
         for b, _ in self.pairs:
             if any(s % w for s, w in zip(size, b)):
                 raise ValueError(f"PWA window {b} does not divide the feature map {size}")
-        qs = [conv(x) for conv, x in zip(self.q, xs)]
-        ks = [conv(x) for conv, x in zip(self.k, xs)]
-        vs = [conv(x) for conv, x in zip(self.v, xs)]
-        q_all, k_all, v_all, counts = [], [], [], []
-        for scale in range(self.num_scales):
-            q_all.append(torch.cat([self._gather(q, scale, self.dim_qk) for q in qs], dim=2))
-            k_all.append(torch.cat([self._gather(k, scale, self.dim_qk) for k in ks], dim=2))
-            v_all.append(torch.cat([self._gather(v, scale, self.dim_v) for v in vs], dim=2))
-            counts.append(q_all[-1].shape[0])
-        out = F.scaled_dot_product_attention(
-            torch.cat(q_all), torch.cat(k_all), torch.cat(v_all),
-            attn_mask=self.position_bias().to(qs[0].dtype),
-            dropout_p=self.attn_drop if self.training else 0.0,
-        )
-        tokens = out.shape[2] // self.num_modalities
-        per_scale = out.split(counts)
-        results = []
-        for m in range(self.num_modalities):
-            maps = [self._scatter(o[:, :, m * tokens:(m + 1) * tokens], s, batch, size)  # type: ignore[arg-type]
-                    for s, o in enumerate(per_scale)]
-            results.append(self.proj_drop(self.mixer[m](torch.cat(maps, dim=1))))
-        return results
+        nd, nh, nw = self.tokens
+        weight, bias = self._fused_qkv()
+        qkv = _conv1x1(torch.cat(xs, dim=1), weight, bias, m)
+        qkv = qkv.view(batch, m, self.num_scales, -1, *size)
+
+        # gather: one salient token per small window, n tokens per big window, modalities on the token axis
+        windows, counts = [], []
+        for scale, (_, small) in enumerate(self.pairs):
+            x = qkv[:, :, scale].reshape(batch, -1, *size)
+            if small != (1, 1, 1):
+                x = F.max_pool3d(x, small, small)
+            windows.append(rearrange(x, "b (m h c) (gd nd) (gh nh) (gw nw) -> (b gd gh gw) h (m nd nh nw) c",
+                                     m=m, h=heads, nd=nd, nh=nh, nw=nw))
+            counts.append(windows[-1].shape[0])
+        tokens = torch.cat(windows) if len(windows) > 1 else windows[0]
+
+        # one batched attention over all windows of all scales
+        q, k, v = tokens[..., :dq], tokens[..., dq:2 * dq], tokens[..., 2 * dq:]
+        attn = torch.matmul(q * dq**-0.5, k.transpose(-1, -2))
+        attn.add_(self.position_bias().to(attn.dtype))  # in place: matmul's backward does not need its output
+        attn = attn.softmax(dim=-1)
+        if self.training and self.attn_drop > 0:
+            attn = F.dropout(attn, self.attn_drop)
+        out = torch.matmul(attn, v)
+
+        # scatter: tokens back to their small-window grid, upsampled to the big window
+        maps = []
+        for (big, small), o in zip(self.pairs, out.split(counts)):
+            gd, gh, gw = (s // b for s, b in zip(size, big))
+            if small == (1, 1, 1):
+                maps.append(rearrange(o, "(b gd gh gw) h (m nd nh nw) c -> b m (h c) (gd nd) (gh nh) (gw nw)",
+                                      b=batch, gd=gd, gh=gh, gw=gw, nd=nd, nh=nh, nw=nw))
+                continue
+            o = rearrange(o, "w h (m nd nh nw) c -> w (m h c) nd nh nw", nd=nd, nh=nh, nw=nw)
+            o = F.interpolate(o, size=big, mode="trilinear", align_corners=True)
+            maps.append(rearrange(o, "(b gd gh gw) (m c) d h w -> b m c (gd d) (gh h) (gw w)",
+                                  b=batch, gd=gd, gh=gh, gw=gw, m=m))
+        values = torch.cat(maps, dim=2).reshape(batch, m * self.v_channels, *size)
+        weight, bias = self._fused_mixer()
+        return list(self.proj_drop(_conv1x1(values, weight, bias, m)).chunk(m, dim=1))
+
+
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped 1x1x1 conv (one group per modality) through :class:`~.layers.Conv3d`'s kernel choice."""
+    return Conv3d.conv(x, weight, bias, groups=groups)
 
 
 class PWABlock(nn.Module):
@@ -183,10 +206,10 @@ class PWABlock(nn.Module):
         self.ffn = nn.ModuleList(
             nn.Sequential(
                 LayerNorm3d(channels),
-                nn.Conv3d(channels, channels * ffn_ratio, 1),
+                Conv3d(channels, channels * ffn_ratio, 1),
                 nn.GELU(),
                 nn.Dropout(dropout),
-                nn.Conv3d(channels * ffn_ratio, channels, 1),
+                Conv3d(channels * ffn_ratio, channels, 1),
                 nn.Dropout(dropout),
             )
             for _ in range(num_modalities)
