@@ -1,0 +1,68 @@
+"""The models ``veloxseg bench`` compares: VeloxSeg, its ablation variants and the MONAI baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..baselines import BASELINES, baseline_loss, build_baseline
+from ..presets import get_preset
+from ..variants import VARIANTS
+
+DEFAULT_MODELS: tuple[str, ...] = ("veloxseg", *BASELINES)
+
+LossFn = Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def known_models() -> list[str]:
+    """Every name ``--models`` accepts: VeloxSeg, the baselines, then the ablation variants."""
+    return [*DEFAULT_MODELS, *VARIANTS]
+
+
+def check_models(names: Sequence[str]) -> list[str]:
+    """Normalise and validate model names (one-line error listing the valid ones)."""
+    valid = known_models()
+    out = [n.strip().lower() for n in names if n.strip()]
+    bad = [n for n in out if n not in valid]
+    if bad:
+        raise ValueError(f"unknown model {bad[0]!r}; choose from {', '.join(valid)}")
+    if not out:
+        raise ValueError("no model given")
+    return list(dict.fromkeys(out))
+
+
+def _veloxseg(name: str, preset: str, size: tuple[int, int, int]) -> nn.Module:
+    from ..variants import build_variant
+
+    overrides: dict[str, object] = {}
+    if tuple(size) != tuple(get_preset(preset).patch_size):
+        overrides = {"img_size": tuple(size), "window_sizes": None}  # derive windows for the new size
+    return build_variant("full" if name == "veloxseg" else name, preset, **overrides)
+
+
+def build_model(name: str, preset: str, size: Sequence[int], train: bool = False) -> nn.Module:
+    """Model ``name`` for ``preset``'s channels and classes at patch ``size``.
+
+    ``train=False`` gives the deployed network in eval mode (VeloxSeg without teachers or
+    deep-supervision heads); ``train=True`` the full training network in train mode.
+    """
+    p = get_preset(preset)
+    size3 = tuple(int(s) for s in size)
+    if name in BASELINES:
+        model = build_baseline(name, sum(p.model["in_channels"]), p.model["out_channels"], size3)
+        return model.train() if train else model.eval()
+    model = _veloxseg(name, preset, size3)  # type: ignore[arg-type]
+    return model.train() if train else model.for_inference()  # type: ignore[operator]
+
+
+def training_loss(name: str) -> LossFn:
+    """``loss(train-mode output, labels, image)`` of model ``name`` (each model's own loss)."""
+    if name in BASELINES:
+        fn = baseline_loss(name)
+        return lambda out, y, x: fn(out, y)  # type: ignore[arg-type]
+    from ..variants import variant_loss
+
+    loss = variant_loss("full" if name == "veloxseg" else name)
+    return lambda out, y, x: loss(out, y, x).total  # type: ignore[arg-type]

@@ -1,0 +1,181 @@
+"""Markdown tables, the benchmark document and the bar chart of a ``veloxseg bench`` result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GB = 1024**3
+
+
+def _f(x: float | None, fmt: str = ".2f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _mem(x: int | None) -> str:
+    return "–" if x is None else f"{x / GB:.2f}"
+
+
+def _fail(d: dict[str, Any] | None) -> str | None:
+    if d is None:
+        return "not run"
+    if "error" in d:
+        return "failed: " + d["error"].replace("|", "/")[:80]
+    return None
+
+
+def size_table(result: dict[str, Any]) -> str:
+    """Parameters at inference and compute of one forward."""
+    rows = ["| model | params (M) | GFLOP per forward | G multiply-adds |", "|---|---:|---:|---:|"]
+    for name, e in result["models"].items():
+        if "params" in e:
+            rows.append(f"| {name} | {e['params'] / 1e6:.3f} | {e['flops'] / 1e9:.2f} | {e['flops'] / 2e9:.2f} |")
+    return "\n".join(rows)
+
+
+def ceiling_table(result: dict[str, Any]) -> str:
+    """The machine's measured dense-compute ceilings per thread count."""
+    rows = ["| threads | conv3d 5×5×5, 32→32, 48³ (GFLOP/s) | matmul 4096² fp32 (GFLOP/s) |", "|---:|---:|---:|"]
+    for t, c in result["ceiling"].items():
+        rows.append(f"| {t} | {c['conv']['gflops']:.1f} | {c['matmul']['gflops']:.1f} |")
+    return "\n".join(rows)
+
+
+def throughput_table(result: dict[str, Any]) -> str:
+    """Inference throughput per model and thread count, with GFLOP/s and fractions of the ceilings."""
+    rows = ["| model | threads | images/s | s per forward: median (min–max) | time × VeloxSeg "
+            "| GFLOP/s | % conv ceiling | % matmul ceiling |",
+            "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for name, e in result["models"].items():
+        for t, tm in e.get("throughput", {}).items():
+            frac = tm.get("conv_fraction")
+            mfrac = tm.get("matmul_fraction")
+            rows.append(
+                f"| {name} | {t} | {tm['images_per_s']:.3f} | {tm['median']:.3f} ({tm['min']:.3f}–{tm['max']:.3f}),"
+                f" n={tm['reps']} | {_f(tm.get('time_vs_veloxseg'), '.1f')} | {_f(tm.get('gflops_per_s'), '.1f')} "
+                f"| {_f(None if frac is None else 100 * frac, '.1f')} | {_f(None if mfrac is None else 100 * mfrac, '.1f')} |")
+    scaling = [f"{n} {e['scaling_2_vs_1']:.2f}×" for n, e in result["models"].items() if "scaling_2_vs_1" in e]
+    if scaling:
+        rows.append("")
+        rows.append("2-thread / 1-thread throughput: " + ", ".join(scaling) + ".")
+    return "\n".join(rows)
+
+
+def train_table(result: dict[str, Any]) -> str:
+    """One training step per model: seconds and peak memory."""
+    cfg = result["config"]
+    mem = "GPU max allocated" if cfg["device"].startswith("cuda") else "peak RSS growth"
+    rows = [f"| model | s per step: median (min–max) | time × VeloxSeg | {mem} (GB) |", "|---|---|---:|---:|"]
+    for name, e in result["models"].items():
+        tr = e.get("train")
+        if tr is None:
+            continue
+        fail = _fail(tr)
+        if fail:
+            rows.append(f"| {name} | {fail} | – | – |")
+            continue
+        rows.append(f"| {name} | {tr['seconds']:.2f} ({tr['min']:.2f}–{tr['max']:.2f}), n={tr['steps']} "
+                    f"| {_f(tr.get('time_vs_veloxseg'), '.1f')} | {_mem(tr['peak_memory_growth'])} |")
+    return "\n".join(rows)
+
+
+def volume_table(result: dict[str, Any]) -> str:
+    """Whole-volume sliding-window prediction (measured, or estimated from the forward time)."""
+    rows = ["| model | seconds | peak RSS (GB) | peak RSS growth (GB) |", "|---|---:|---:|---:|"]
+    for name, e in result["models"].items():
+        vol = e.get("volume")
+        if vol is not None:
+            fail = _fail(vol)
+            if fail:
+                rows.append(f"| {name} | {fail} | – | – |")
+            else:
+                rows.append(f"| {name} | {vol['seconds']:.1f} | {_mem(vol['peak_memory'])} "
+                            f"| {_mem(vol['peak_memory_growth'])} |")
+        elif "volume_estimate_seconds" in e:
+            rows.append(f"| {name} | ≈ {e['volume_estimate_seconds']:.0f} (estimated) | – | – |")
+    return "\n".join(rows)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """All tables of ``result`` as markdown (what ``veloxseg bench`` prints)."""
+    cfg = result["config"]
+    shape = "×".join(map(str, result["models"][next(iter(result["models"]))].get("input_shape", [])))
+    parts = [f"Input {shape}, preset {cfg['preset']}, device {cfg['device']}.", "", size_table(result)]
+    if result["ceiling"]:
+        parts += ["", ceiling_table(result)]
+    if any(e.get("throughput") for e in result["models"].values()):
+        parts += ["", throughput_table(result)]
+    if any(e.get("train") is not None for e in result["models"].values()):
+        parts += ["", f"Training step: batch {cfg['train_batch']}, {cfg['train_threads']} thread(s), "
+                      "forward + the model's own loss + backward + AdamW step.", "", train_table(result)]
+    if any(e.get("volume") is not None for e in result["models"].values()):
+        vol = "×".join(map(str, cfg["volume"]))
+        parts += ["", f"Whole-volume prediction of a {vol} volume: MONAI sliding windows of "
+                      f"{'×'.join(map(str, cfg['size']))}, overlap {cfg['overlap']:g}, Gaussian blending, "
+                      f"{result['volume_windows']} windows, argmax to labels; {cfg['train_threads']} thread(s). "
+                      "Estimated rows are windows × the median forward time at that thread count.",
+                  "", volume_table(result)]
+    return "\n".join(parts) + "\n"
+
+
+def document(result: dict[str, Any], note: str | None = None) -> str:
+    """``docs/benchmarks.md``: how it was made, the machine, and every table."""
+    m = result["machine"]
+    lines = ["# Benchmarks", "",
+             "<!-- Generated by `veloxseg bench --markdown`; do not edit by hand, rerun the command. -->", ""]
+    if note:
+        lines += [f"> {note}", ""]
+    lines += ["Produced by this command (any machine can rerun it; ratios and fractions of the ceiling are the "
+              "figures that carry over between machines):", "", "```bash", result["command"] + " --markdown docs/benchmarks.md",
+              "```", "",
+              f"Machine: {m['cpu']}, {m['cores']} core(s) available{', GPU ' + m['gpu'] if m.get('gpu') else ''}; "
+              f"torch {m['torch']}, MONAI {m['monai']}, veloxseg {m['veloxseg']}, Python {m['python']}; {m['date']}.",
+              "", "Protocol: inference is eval mode, no gradients, batch 1, after a warm-up, the median of timed "
+              "forwards over at least the given seconds; FLOPs are PyTorch's `FlopCounterMode` (2 per "
+              "multiply-add). The ceilings are measured in the same run with the same thread counts; "
+              "'% conv ceiling' is the model's achieved GFLOP/s over the dense 5×5×5 conv's. Training steps and "
+              "whole-volume predictions run in a fresh process per model, so their peak RSS growth is that "
+              "model's alone.", "", markdown(result)]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    """Bar chart: parameters, inference throughput, training-step time and memory per model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
+    models = [n for n, e in result["models"].items() if "params" in e]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    ax = axes[0]
+    ax.bar(models, [result["models"][n]["params"] / 1e6 for n in models], color="tab:blue")
+    ax.set_yscale("log")
+    ax.set_title("parameters (M)")
+    ax = axes[1]
+    threads = list(result["config"]["threads"])
+    width = 0.8 / max(1, len(threads))
+    for i, t in enumerate(threads):
+        vals = [result["models"][n].get("throughput", {}).get(str(t), {}).get("images_per_s", 0) for n in models]
+        ax.bar([j + i * width for j in range(len(models))], vals, width, label=f"{t} thread(s)")
+    ax.set_xticks([j + width * (len(threads) - 1) / 2 for j in range(len(models))], models)
+    ax.set_yscale("log")
+    ax.set_title("inference (images/s)")
+    ax.legend(fontsize=8)
+    for ax, key, title, scale in ((axes[2], "seconds", "training step (s)", 1.0),
+                                  (axes[3], "peak_memory_growth", "training peak memory (GB)", 1 / GB)):
+        vals = []
+        for n in models:
+            tr = result["models"][n].get("train") or {}
+            vals.append(tr[key] * scale if key in tr else 0)
+        ax.bar(models, vals, color="tab:orange" if key == "seconds" else "tab:green")
+        ax.set_yscale("log")
+        ax.set_title(title)
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+    fig.suptitle(f"veloxseg bench: preset {result['config']['preset']}, input "
+                 f"{'x'.join(map(str, result['config']['size']))}, {result['machine']['cpu']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,235 @@
+"""``veloxseg bench``: every measurement for every model, side by side in one run."""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..presets import get_preset
+from ..summary import count_flops, count_parameters
+from .measure import ceilings, time_repeated
+from .models import DEFAULT_MODELS, build_model, check_models
+from .worker import num_windows
+
+PARTS: tuple[str, ...] = ("ceiling", "throughput", "train", "volume")
+
+
+def default_threads() -> int:
+    """CPU cores available to this process (the thread count of training and whole-volume runs)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class BenchConfig:
+    """What ``veloxseg bench`` measures, and how long (see ``veloxseg bench --help``)."""
+
+    preset: str = "autopet"
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    device: str = "cpu"
+    threads: list[int] = field(default_factory=lambda: [1])
+    seconds: float = 1.0
+    min_reps: int = 3
+    size: list[int] | None = None
+    train_batch: int = 2
+    train_steps: int = 1
+    train_threads: int = field(default_factory=default_threads)
+    volume: list[int] = field(default_factory=lambda: [2, 400, 400, 300])
+    volume_models: list[str] = field(default_factory=lambda: ["veloxseg"])
+    overlap: float = 0.25
+    skip: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Check and normalise the options (one-line ``ValueError`` on a bad one)."""
+        preset = get_preset(self.preset)
+        self.preset = preset.name
+        self.models = check_models(self.models)
+        self.volume_models = check_models(self.volume_models) if self.volume_models else []
+        self.size = list(self.size or preset.patch_size)
+        if len(self.size) == 1:
+            self.size = self.size * 3
+        if len(self.size) != 3 or min(self.size) < 1:
+            raise ValueError(f"--size needs 1 or 3 positive integers, got {self.size}")
+        channels = sum(preset.model["in_channels"])
+        if len(self.volume) == 3:
+            self.volume = [channels, *self.volume]
+        if len(self.volume) != 4 or self.volume[0] != channels:
+            raise ValueError(f"--volume must be DxHxW or {channels}xDxHxW for preset {preset.name!r}, got {self.volume}")
+        if any(t < 1 for t in self.threads) or not self.threads or self.train_threads < 1:
+            raise ValueError("thread counts must be positive integers")
+        if self.seconds < 0 or self.min_reps < 1 or self.train_steps < 1 or self.train_batch < 1:
+            raise ValueError("--seconds must be >= 0, --min-reps, --train-steps and --train-batch >= 1")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
+        bad = [p for p in self.skip if p not in PARTS]
+        if bad:
+            raise ValueError(f"unknown --skip part {bad[0]!r}; choose from {', '.join(PARTS)}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ValueError(f"--device must be cpu or cuda, got {self.device!r}")
+
+    def command(self) -> str:
+        """The explicit ``veloxseg bench`` command line that reproduces this configuration."""
+        def join(xs: list[Any], sep: str = ",") -> str:
+            return sep.join(str(x) for x in xs)
+        parts = [f"veloxseg bench --preset {self.preset} --models {join(self.models)} --device {self.device}",
+                 f"--threads {join(self.threads)} --seconds {self.seconds:g} --min-reps {self.min_reps}",
+                 f"--size {join(self.size or [], 'x')} --train-batch {self.train_batch}",
+                 f"--train-steps {self.train_steps} --train-threads {self.train_threads}",
+                 f"--volume {join(self.volume, 'x')} --overlap {self.overlap:g}",
+                 f"--volume-models {join(self.volume_models) or 'none'}"]
+        if self.skip:
+            parts.append(f"--skip {join(self.skip)}")
+        return " ".join(parts)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, library versions and the date, for the report."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    import monai
+
+    return {"cpu": cpu, "cores": default_threads(), "torch": torch.__version__, "monai": monai.__version__,
+            "veloxseg": __version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def run_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job in a fresh ``python -m veloxseg.bench.worker`` process; ``{"error": ...}`` on failure."""
+    proc = subprocess.run([sys.executable, "-m", "veloxseg.bench.worker", json.dumps(job)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        reason = lines[-1] if lines else f"exit code {proc.returncode}"
+        if proc.returncode < 0:
+            reason = f"killed by signal {-proc.returncode} (out of memory?)"
+        return {"error": reason}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _tasks(cfg: BenchConfig) -> int:
+    n = len(cfg.models)  # size and FLOPs
+    if "ceiling" not in cfg.skip:
+        n += len(cfg.threads)
+    if "throughput" not in cfg.skip:
+        n += len(cfg.models) * len(cfg.threads)
+    if "train" not in cfg.skip:
+        n += len(cfg.models)
+    if "volume" not in cfg.skip:
+        n += len(cfg.volume_models)
+    return n
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
+    """Measure every model of ``cfg``; returns the JSON-able result (see docs/benchmarks.md)."""
+    from tqdm import tqdm
+
+    cfg.validate()
+    assert cfg.size is not None
+    preset = get_preset(cfg.preset)
+    in_channels = sum(preset.model["in_channels"])
+    input_shape = (1, in_channels, *cfg.size)
+    bar = tqdm(total=_tasks(cfg), disable=not progress, unit="task", file=sys.stderr)
+
+    def task(desc: str) -> None:
+        bar.set_description(desc)
+
+    result: dict[str, Any] = {"config": asdict(cfg), "command": cfg.command(), "machine": machine_info(),
+                              "ceiling": {}, "models": {}}
+    previous_threads = torch.get_num_threads()
+    try:
+        if "ceiling" not in cfg.skip:
+            for t in cfg.threads:
+                task(f"ceiling, {t} thread(s)")
+                torch.set_num_threads(t)
+                result["ceiling"][str(t)] = ceilings(cfg.seconds, cfg.min_reps, cfg.device)
+                bar.update()
+        for name in cfg.models:
+            task(f"{name}: size and FLOPs")
+            torch.set_num_threads(max(cfg.threads))
+            model = build_model(name, cfg.preset, cfg.size).to(cfg.device)
+            flops, out_shape = count_flops(model, input_shape)
+            entry: dict[str, Any] = {"params": count_parameters(model), "flops": flops,
+                                     "input_shape": list(input_shape), "output_shape": list(out_shape),
+                                     "throughput": {}, "train": None, "volume": None}
+            result["models"][name] = entry
+            bar.update()
+            if "throughput" not in cfg.skip:
+                x = torch.randn(input_shape, device=cfg.device)
+                for t in cfg.threads:
+                    task(f"{name}: inference, {t} thread(s)")
+                    torch.set_num_threads(t)
+                    with torch.no_grad():
+                        timing = time_repeated(lambda: model(x), cfg.seconds, cfg.min_reps, device=cfg.device)
+                    entry["throughput"][str(t)] = timing
+                    bar.update()
+            del model
+            gc.collect()
+        worker_base = {"preset": cfg.preset, "size": cfg.size, "device": cfg.device, "threads": cfg.train_threads,
+                       "in_channels": in_channels}
+        if "train" not in cfg.skip:
+            for name in cfg.models:
+                task(f"{name}: training step")
+                job = dict(worker_base, kind="train", model=name, batch=cfg.train_batch, steps=cfg.train_steps)
+                result["models"][name]["train"] = run_worker(job)
+                bar.update()
+        if "volume" not in cfg.skip:
+            for name in cfg.volume_models:
+                task(f"{name}: whole volume")
+                job = dict(worker_base, kind="volume", model=name, volume=cfg.volume, overlap=cfg.overlap,
+                           mode="gaussian", sw_batch_size=1)
+                vol = run_worker(job)
+                result["models"].setdefault(name, {"throughput": {}, "train": None})["volume"] = vol
+                bar.update()
+    finally:
+        torch.set_num_threads(previous_threads)
+        bar.close()
+    derive(result)
+    return result
+
+
+def derive(result: dict[str, Any]) -> None:
+    """Add the derived figures: images/s, GFLOP/s, fractions of the ceilings, ratios to VeloxSeg."""
+    models = result["models"]
+    ref = models.get("veloxseg")
+    cfg = result["config"]
+    windows = num_windows(cfg["volume"][1:], cfg["size"], cfg["overlap"])
+    result["volume_windows"] = windows
+    for name, entry in models.items():
+        for t, timing in entry.get("throughput", {}).items():
+            timing["images_per_s"] = 1.0 / timing["median"]
+            if entry.get("flops"):
+                timing["gflops_per_s"] = entry["flops"] / timing["median"] / 1e9
+                ceil = result["ceiling"].get(t)
+                if ceil:
+                    timing["conv_fraction"] = timing["gflops_per_s"] / ceil["conv"]["gflops"]
+                    timing["matmul_fraction"] = timing["gflops_per_s"] / ceil["matmul"]["gflops"]
+            if ref and t in ref.get("throughput", {}):
+                timing["time_vs_veloxseg"] = timing["median"] / ref["throughput"][t]["median"]
+        tp = entry.get("throughput", {})
+        if "1" in tp and "2" in tp:
+            entry["scaling_2_vs_1"] = tp["1"]["median"] / tp["2"]["median"]
+        train = entry.get("train")
+        if train and "error" not in train and ref and ref.get("train") and "error" not in ref["train"]:
+            train["time_vs_veloxseg"] = train["seconds"] / ref["train"]["seconds"]
+        t_work = str(cfg["train_threads"])
+        if entry.get("volume") is None and t_work in tp:
+            entry["volume_estimate_seconds"] = windows * tp[t_work]["median"]

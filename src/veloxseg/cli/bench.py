@@ -1,0 +1,79 @@
+"""``veloxseg bench``: VeloxSeg against the standard baselines on this machine, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _ints(text: str, sep: str = ",") -> list[int]:
+    try:
+        return [int(v) for v in text.lower().replace("x", sep).split(sep) if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by '{sep}' or 'x', got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [] if text.lower() == "none" else [n for n in text.split(",") if n.strip()]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` sub-command."""
+    from ..bench import DEFAULT_MODELS, PARTS
+    from ..presets import PRESETS
+
+    p = sub.add_parser("bench", help="speed, memory and size of VeloxSeg and the MONAI baselines on this machine",
+                       description="Parameters, FLOPs, inference throughput (and its fraction of this machine's "
+                                   "measured ceiling), one training step and whole-volume prediction, for each "
+                                   "model, in one run. Prints markdown tables.")
+    p.add_argument("--preset", default="autopet", choices=sorted(PRESETS), help="channels, classes and input size")
+    p.add_argument("--models", type=_names, default=list(DEFAULT_MODELS),
+                   help=f"comma-separated (default {','.join(DEFAULT_MODELS)}); ablation variant names work too")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=_ints, default=[1],
+                   help="thread count(s) for inference and the ceiling, e.g. 1 or 1,2 (default 1, the paper's)")
+    p.add_argument("--seconds", type=float, default=1.0, help="at least this long timing each model (default 1)")
+    p.add_argument("--min-reps", type=int, default=3, help="at least this many timed forwards (default 3)")
+    p.add_argument("--size", type=lambda s: _ints(s, "x"), default=None,
+                   help="input patch DxHxW or one side (default: the preset's, 96x96x96 for autopet)")
+    p.add_argument("--train-batch", type=int, default=2)
+    p.add_argument("--train-steps", type=int, default=1, help="timed training steps after one warm-up step")
+    p.add_argument("--train-threads", type=int, default=None,
+                   help="threads for the training step and whole-volume prediction (default: all cores)")
+    p.add_argument("--volume", type=lambda s: _ints(s, "x"), default=[2, 400, 400, 300],
+                   help="whole volume CxDxHxW or DxHxW (default 2x400x400x300)")
+    p.add_argument("--volume-models", type=_names, default=["veloxseg"],
+                   help="models to run the whole volume with (default veloxseg; the others are estimated); "
+                        "'none' for none")
+    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (default 0.25)")
+    p.add_argument("--skip", type=_names, default=[], help=f"parts to skip: {','.join(PARTS)}")
+    p.add_argument("--json", metavar="OUT", help="write the full result as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="write a bar chart")
+    p.add_argument("--markdown", metavar="OUT.md", help="write the benchmark document (docs/benchmarks.md)")
+    p.add_argument("--note", help="a line to put at the top of the --markdown document")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark of ``args`` and print its tables."""
+    from ..bench import BenchConfig, document, markdown, plot, run_bench
+    from ..bench.runner import default_threads
+
+    cfg = BenchConfig(preset=args.preset, models=args.models, device=args.device, threads=args.threads,
+                      seconds=args.seconds, min_reps=args.min_reps, size=args.size, train_batch=args.train_batch,
+                      train_steps=args.train_steps, train_threads=args.train_threads or default_threads(),
+                      volume=args.volume, volume_models=args.volume_models, overlap=args.overlap, skip=args.skip)
+    cfg.validate()  # fail on bad options before the long run
+    result = run_bench(cfg, progress=not args.no_progress and sys.stderr.isatty())
+    print(markdown(result), end="")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    if args.plot:
+        plot(result, args.plot)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(document(result, args.note))
+    return 0
