@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot(result, args.plot)
     if args.markdown:
+        image = os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.markdown))) if args.plot else None
         with open(args.markdown, "w") as f:
-            f.write(document(result, args.note))
+            f.write(document(result, args.note, image))
     return 0
