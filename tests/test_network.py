@@ -126,3 +126,8 @@ def test_traced_deployed_module_reproduces_eager():
     traced = torch.jit.trace(model, x, check_trace=False)
     with torch.no_grad():
         assert torch.allclose(traced(x), model(x), atol=1e-4)
+
+
+def test_preset_with_other_size_derives_windows():
+    model = VeloxSeg.from_preset("autopet", img_size=(64, 64, 64))
+    assert model.hparams["window_sizes"] == [[2, 2, 2], [4, 4, 4], [2, 2, 2], [2, 2, 2]]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .jlc import JLCBlock
-from .layers import UpBlock, pixel_shuffle_3d
+from .layers import Conv3d, UpBlock, pixel_shuffle_3d
 
 
 class DecoderLadder(nn.Module):
@@ -42,7 +42,7 @@ class PixelShuffleHead(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, factor: int) -> None:
         super().__init__()
         self.factor = factor
-        self.conv = nn.Conv3d(in_channels, out_channels * factor**3, 3, padding=1)
+        self.conv = Conv3d(in_channels, out_channels * factor**3, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return pixel_shuffle_3d(self.conv(x), self.factor)
@@ -68,7 +68,7 @@ class TransposedConvHead(nn.Module):
                                         JLCBlock(half, min(group_width, half), kernel_sizes, ffn_ratio, dropout)))
             width = half
         self.stages = nn.Sequential(*stages)
-        self.out = nn.Conv3d(width, out_channels, 1)
+        self.out = Conv3d(width, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.stages(x))

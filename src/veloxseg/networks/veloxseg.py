@@ -12,6 +12,7 @@ from torch import nn
 from ..jl import DEFAULT_KAPPA, jl_group_widths
 from .decoder import DecoderLadder, PixelShuffleHead, TransposedConvHead
 from .encoder import ConvStream, TransformerStream
+from .layers import Conv3d
 from .pwa import Size3, as_size3, window_pairs
 from .sdkt import TextureTeacher, gram_matrix
 
@@ -177,7 +178,7 @@ class VeloxSeg(nn.Module):
                                                                      dropout)
         # deep supervision on u_1, u_2 (decoder) and the deepest encoder feature
         self.ds_heads = nn.ModuleList(
-            nn.Conv3d(widths[i], out_channels, 1) for i in range(1, LEVELS)
+            Conv3d(widths[i], out_channels, 1) for i in range(1, LEVELS)
         ) if deep_supervision else None
         self.teachers = nn.ModuleList(
             TextureTeacher(c, feature_size, attn_feature_size, patch_size, group_widths, kernel_sizes,
@@ -187,10 +188,16 @@ class VeloxSeg(nn.Module):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> VeloxSeg:
-        """Build a reference configuration (``"autopet"``, ``"hecktor"``, ``"brats"``), with overrides."""
+        """Build a reference configuration (``"autopet"``, ``"hecktor"``, ``"brats"``), with overrides.
+
+        Overriding ``img_size`` without ``window_sizes`` derives the windows from the new size
+        (the preset's windows are tied to its own size).
+        """
         from ..presets import get_preset
 
         kwargs = dict(get_preset(name).model)
+        if "img_size" in overrides and "window_sizes" not in overrides:
+            kwargs.pop("window_sizes", None)
         kwargs.update(overrides)
         return cls(**kwargs)
 
