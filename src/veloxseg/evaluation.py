@@ -84,30 +84,13 @@ def list_label_files(folder: Path) -> dict[str, Path]:
 
 def _load_label(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """Label array (int), affine and voxel spacing of a label NIfTI, with errors naming the file."""
-    img = _read_nifti(path)
-    try:
-        data = np.asarray(img.dataobj)
-    except Exception as err:  # truncated or corrupt data block
-        raise InputError(f"{path}: not a readable NIfTI ({err})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(f"{path}: a label map must be 3-D, got shape {data.shape}")
-    if not np.all(np.isfinite(data)):
-        raise InputError(f"{path}: contains NaN or infinite values")
+    from .io import read_header, read_nifti
+
+    header = read_header(path)
+    data, affine = read_nifti(path, dtype=np.float32)
     if np.any(data < 0) or np.any(data != np.round(data)):
         raise InputError(f"{path}: a label map must hold non-negative integers")
-    spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
-    return data.astype(np.int64), img.affine, spacing
-
-
-def _read_nifti(path: Path):  # provisional until veloxseg.io lands
-    import nibabel as nib
-
-    try:
-        return nib.load(str(path))
-    except Exception as err:
-        raise InputError(f"{path}: not a readable NIfTI ({err})") from None
+    return data.astype(np.int64), affine, header.spacing
 
 
 def score_case(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], spacing: Sequence[float],

@@ -157,7 +157,9 @@ def _run_exported(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-    module = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return module(torch.from_numpy(x)).numpy()
 

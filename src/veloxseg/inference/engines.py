@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,9 @@ def _load_exported(path: Path, engine: str, device: str | torch.device, threads:
         if engine == "onnxruntime":
             raise InputError(f"{path}: a TorchScript export runs with --engine torch; export to ONNX for onnxruntime")
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch notes that TorchScript is deprecated in favour of torch.export
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:
             raise InputError(f"{path}: not a loadable TorchScript model ({type(err).__name__}: {err})") from None
         run = TorchEngine(module, device)
