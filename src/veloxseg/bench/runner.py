@@ -178,7 +178,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
                     task(f"{name}: inference, {t} thread(s)")
                     torch.set_num_threads(t)
                     with torch.no_grad():
-                        timing = time_repeated(lambda: model(x), cfg.seconds, cfg.min_reps, device=cfg.device)
+                        timing = time_repeated(lambda m=model, x=x: m(x), cfg.seconds, cfg.min_reps, device=cfg.device)
                     entry["throughput"][str(t)] = timing
                     bar.update()
             del model

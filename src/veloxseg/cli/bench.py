@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 
 def _ints(text: str, sep: str = ",") -> list[int]:
@@ -53,23 +52,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="OUT.png", help="write a bar chart")
     p.add_argument("--markdown", metavar="OUT.md", help="write the benchmark document (docs/benchmarks.md)")
     p.add_argument("--note", help="a line to put at the top of the --markdown document")
+    p.add_argument("--from-json", metavar="IN", help="measure nothing: render the tables, --plot and --markdown "
+                   "of a result saved with --json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark of ``args`` and print its tables."""
-    from ..bench import BenchConfig, document, markdown, plot, run_bench
-    from ..bench.runner import default_threads
+    from ..bench import document, markdown, plot
 
-    cfg = BenchConfig(preset=args.preset, models=args.models, device=args.device, threads=args.threads,
-                      seconds=args.seconds, min_reps=args.min_reps, size=args.size, train_batch=args.train_batch,
-                      train_steps=args.train_steps, train_threads=args.train_threads or default_threads(),
-                      volume=args.volume, volume_models=args.volume_models, overlap=args.overlap, skip=args.skip)
-    cfg.validate()  # fail on bad options before the long run
-    result = run_bench(cfg, progress=not args.no_progress and sys.stderr.isatty())
+    if args.from_json:
+        with open(args.from_json) as f:
+            result = json.load(f)
+    else:
+        result = measure(args)
     print(markdown(result), end="")
-    if args.json:
+    if args.json and not args.from_json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     if args.plot:
@@ -77,5 +76,18 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         image = os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.markdown))) if args.plot else None
         with open(args.markdown, "w") as f:
-            f.write(document(result, args.note, image))
+            f.write(document(result, args.note, image, args.plot))
     return 0
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Build the configuration from ``args`` (failing early on a bad option) and run the benchmark."""
+    from ..bench import BenchConfig, run_bench
+    from ..bench.runner import default_threads
+
+    cfg = BenchConfig(preset=args.preset, models=args.models, device=args.device, threads=args.threads,
+                      seconds=args.seconds, min_reps=args.min_reps, size=args.size, train_batch=args.train_batch,
+                      train_steps=args.train_steps, train_threads=args.train_threads or default_threads(),
+                      volume=args.volume, volume_models=args.volume_models, overlap=args.overlap, skip=args.skip)
+    cfg.validate()  # fail on bad options before the long run
+    return run_bench(cfg, progress=not args.no_progress)

@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import torch
+
+from veloxseg import VeloxSeg
+from veloxseg.baselines import build_baseline
+from veloxseg.bench.worker import num_windows
+from veloxseg.cli import main
+from veloxseg.summary import count_flops, count_parameters, model_summary
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The whole bench machinery on a 32^3 input, two models, minimal repetitions."""
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["bench", "--models", "veloxseg,unet", "--size", "32", "--threads", "1", "--seconds", "0",
+            "--min-reps", "1", "--train-steps", "1", "--train-threads", "1", "--volume", "2x40x40x36",
+            "--json", str(out / "b.json"), "--markdown", str(out / "b.md"), "--no-progress"]
+    assert main(argv) == 0
+    return json.loads((out / "b.json").read_text()), (out / "b.md").read_text(), out
+
+
+def test_json_structure(tiny):
+    result, _, _ = tiny
+    assert {"config", "command", "machine", "ceiling", "models", "volume_windows"} <= set(result)
+    assert set(result["ceiling"]["1"]) == {"conv", "matmul"}
+    assert all(result["ceiling"]["1"][k]["gflops"] > 0 for k in ("conv", "matmul"))
+    assert list(result["models"]) == ["veloxseg", "unet"]
+    for name, entry in result["models"].items():
+        assert entry["input_shape"] == [1, 2, 32, 32, 32] and entry["output_shape"] == [1, 2, 32, 32, 32]
+        tp = entry["throughput"]["1"]
+        for key in ("median", "min", "max", "reps", "images_per_s", "gflops_per_s", "conv_fraction",
+                    "matmul_fraction", "time_vs_veloxseg"):
+            assert key in tp, (name, key)
+        assert tp["min"] <= tp["median"] <= tp["max"]
+        train = entry["train"]
+        assert "error" not in train, train
+        assert train["seconds"] > 0 and train["peak_memory"] > 0 and "peak_memory_growth" in train
+    vol = result["models"]["veloxseg"]["volume"]
+    assert "error" not in vol, vol
+    assert vol["output_shape"] == [1, 40, 40, 36] and vol["windows"] == result["volume_windows"] == 8
+    assert result["models"]["unet"]["volume"] is None and "volume_estimate_seconds" in result["models"]["unet"]
+    assert result["models"]["veloxseg"]["throughput"]["1"]["time_vs_veloxseg"] == 1.0
+
+
+def test_flops_agree_with_summary(tiny):
+    result, _, _ = tiny
+    model = VeloxSeg.from_preset("autopet", img_size=(32, 32, 32), window_sizes=None)
+    info = model_summary(model, (1, 2, 32, 32, 32))
+    assert result["models"]["veloxseg"]["flops"] == info["flops"]
+    assert result["models"]["veloxseg"]["params"] == info["params_inference"]
+    unet = build_baseline("unet", 2, 2, 32).eval()
+    assert result["models"]["unet"]["flops"] == count_flops(unet, (1, 2, 32, 32, 32))[0]
+    assert result["models"]["unet"]["params"] == count_parameters(unet)
+
+
+def test_flops_at_preset_size_agree_with_summary_cli(capsys, tmp_path):
+    assert main(["summary", "--preset", "autopet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    out = tmp_path / "b.json"
+    assert main(["bench", "--models", "veloxseg", "--skip", "ceiling,throughput,train,volume",
+                 "--json", str(out), "--no-progress"]) == 0
+    bench = json.loads(out.read_text())["models"]["veloxseg"]
+    assert bench["flops"] == summary["flops"] and bench["params"] == summary["params_inference"]
+
+
+def test_markdown_and_rerender(tiny, capsys):
+    result, doc, out = tiny
+    assert doc.startswith("# Benchmarks") and result["command"] in doc
+    for header in ("params (M)", "% conv ceiling", "peak RSS growth", "Whole-volume"):
+        assert header in doc
+    md = out / "again.md"
+    assert main(["bench", "--from-json", str(out / "b.json"), "--markdown", str(md)]) == 0
+    assert "| veloxseg | 1 |" in capsys.readouterr().out
+    assert md.read_text() == doc
+
+
+def test_plot(tiny, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, _, out = tiny
+    png = tmp_path / "b.png"
+    assert main(["bench", "--from-json", str(out / "b.json"), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "veloxseg,resnet"], "unknown model 'resnet'; choose from veloxseg, unet"),
+    (["--skip", "everything"], "unknown --skip part"),
+    (["--volume", "3x40x40x40"], "--volume must be"),
+    (["--device", "tpu"], "--device must be cpu or cuda"),
+])
+def test_bad_options_are_one_line_errors(capsys, argv, message):
+    assert main(["bench", *argv, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_num_windows_matches_monai():
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    for volume, roi, overlap in (((400, 400, 300), (96, 96, 96), 0.25), ((40, 40, 36), (32, 32, 32), 0.5),
+                                 ((90, 50, 30), (32, 32, 32), 0.25)):
+        interval = _get_scan_interval(volume, roi, 3, (overlap,) * 3)
+        expected = len(dense_patch_slices(volume, roi, interval))
+        assert num_windows(list(volume), list(roi), overlap) == expected
+
+
+def test_train_step_worker_runs_variant_loss():
+    from veloxseg.bench.worker import train_step
+
+    torch.set_num_threads(1)
+    res = train_step({"model": "teachers-no-gram", "preset": "autopet", "size": [32, 32, 32], "device": "cpu",
+                      "batch": 1, "steps": 1, "in_channels": 2})
+    assert res["seconds"] > 0 and res["steps"] == 1
