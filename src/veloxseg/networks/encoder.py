@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .jlc import JLCBlock
-from .layers import Conv3d, ConvNorm, PatchMerging3d
+from .layers import Conv3d, ConvNorm, Dropout, PatchMerging3d
 from .pwa import PWABlock, Size3
 
 
@@ -25,7 +25,7 @@ class TransformerStream(nn.Module):
         super().__init__()
         m, levels = len(in_channels), len(level_pairs)
         self.embed = nn.ModuleList(
-            nn.Sequential(Conv3d(c, width, patch_size, stride=patch_size), nn.Dropout(dropout))
+            nn.Sequential(Conv3d(c, width, patch_size, stride=patch_size), Dropout(dropout))
             for c in in_channels
         )
         self.blocks = nn.ModuleList(

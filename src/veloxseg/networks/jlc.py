@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import Conv3d, InstanceNorm3d
+from . import layers
+from .layers import Conv3d, Dropout, InstanceNorm3d
 
 
 class JLCBlock(nn.Module):
@@ -46,11 +47,21 @@ class JLCBlock(nn.Module):
             Conv3d(channels, hidden, 1),
             nn.GELU(),
             Conv3d(hidden, channels, 1),
-            nn.Dropout(dropout),
+            Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (layers.fast_paths_enabled() and torch.is_grad_enabled() and x.device.type == "cpu"):
+            y = x
+            for branch in self.branches:
+                y = y + branch(x)
+            return y + self.ffn(y)
+        # Training on CPU: oneDNN's backward of these small-group convs is about 2x faster in
+        # channels-last layout (the forward is not, hence only when gradients are recorded).
+        x_cl = x.contiguous(memory_format=torch.channels_last_3d)
         y = x
         for branch in self.branches:
-            y = y + branch(x)
+            conv, rest = branch[0], branch[1:]
+            h = conv(x_cl).contiguous() if conv.kernel_size[0] > 1 else conv(x)
+            y = y + rest(h)
         return y + self.ffn(y)

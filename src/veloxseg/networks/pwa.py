@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import Conv3d, LayerNorm3d
+from .layers import Conv3d, Dropout, LayerNorm3d, dropout
 
 Size3 = tuple[int, int, int]
 
@@ -107,7 +107,7 @@ class PairedWindowAttention(nn.Module):
         self.k = nn.ModuleList(Conv3d(channels, self.qk_channels, 1) for _ in range(num_modalities))
         self.v = nn.ModuleList(Conv3d(channels, self.v_channels, 1) for _ in range(num_modalities))
         self.mixer = nn.ModuleList(Conv3d(self.v_channels, channels, 1) for _ in range(num_modalities))
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
         nd, nh, nw = self.tokens
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * nd - 1) * (2 * nh - 1) * (2 * nw - 1), heads))
@@ -168,8 +168,7 @@ class PairedWindowAttention(nn.Module):
         attn = torch.matmul(q * dq**-0.5, k.transpose(-1, -2))
         attn.add_(self.position_bias().to(attn.dtype))  # in place: matmul's backward does not need its output
         attn = attn.softmax(dim=-1)
-        if self.training and self.attn_drop > 0:
-            attn = F.dropout(attn, self.attn_drop)
+        attn = dropout(attn, self.attn_drop, self.training)
         out = torch.matmul(attn, v)
 
         # scatter: tokens back to their small-window grid, upsampled to the big window
@@ -208,9 +207,9 @@ class PWABlock(nn.Module):
                 LayerNorm3d(channels),
                 Conv3d(channels, channels * ffn_ratio, 1),
                 nn.GELU(),
-                nn.Dropout(dropout),
+                Dropout(dropout),
                 Conv3d(channels * ffn_ratio, channels, 1),
-                nn.Dropout(dropout),
+                Dropout(dropout),
             )
             for _ in range(num_modalities)
         )
