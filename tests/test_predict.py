@@ -423,3 +423,20 @@ def test_folder_discovery_orders_channels(tmp_path):
     make_case(tmp_path, "x", blob())
     (case,) = cases_from_folder(tmp_path, ["CT", "PET"])
     assert [p.name for p in case.channels] == ["x_0000.nii.gz", "x_0001.nii.gz"]
+
+
+def test_foreground_crop_is_undone_outside_the_body(tmp_path):
+    """With the plan's CT body crop, voxels outside the crop come back as background, inside as predicted."""
+    plan = dict(make_plan(ras_spacing(OBLIQUE)), crop_foreground=True)
+    ckpt = oracle_checkpoint(tmp_path / "o.pt", plan, channel=1)  # label = PET > 0
+    ct = np.full(SHAPE, -1000.0, np.float32)
+    ct[4:16, 5:20, 3:11] = 40.0  # the "body"
+    pet = blob(radius=4.0, centre=(10, 12, 7))
+    pet[0:2] = 5.0  # positive PET outside the body is cropped away: background
+    make_case(tmp_path / "in", "c", ct, pet)
+    assert main(["predict", "-m", ckpt, "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    out = nib.load(str(tmp_path / "out" / "c.nii.gz"))
+    assert out.shape == SHAPE and np.array_equal(out.affine, nib.load(str(tmp_path / "in" / "c_0000.nii.gz")).affine)
+    body = ct > -500
+    expected = ((pet > 0) & body).astype(np.uint8)
+    assert np.array_equal(np.asarray(out.dataobj), expected)

@@ -153,9 +153,9 @@ def compare_logits(expected: np.ndarray, got: np.ndarray) -> tuple[float, float]
 
 def _run_exported(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
     if fmt == "onnx":
-        import onnxruntime as ort
+        from .inference.engines import import_onnxruntime
 
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = import_onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"model: {predictor.describe()}")
         part = f" (part {args.part_id} of {args.num_parts})" if args.num_parts > 1 else ""
-        print(f"{len(mine)} of {len(cases)} case(s) to predict{part}")
+        print(f"{len(cases)} case(s) found, {len(mine)} in this run{part}")
     summary = predict_cases(predictor, mine, args.output, args.save_probabilities, args.preview, args.resume,
                             progress=not args.quiet)
     if not args.quiet:

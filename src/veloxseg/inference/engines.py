@@ -41,13 +41,23 @@ class TorchEngine:
             return self.module(x.to(self.device, torch.float32)).float()
 
 
+def import_onnxruntime():
+    """The onnxruntime module, or a one-line error saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        from ..errors import VeloxSegError
+
+        raise VeloxSegError("onnxruntime is not installed: pip install 'veloxseg[deploy]'") from None
+    return onnxruntime
+
+
 class OnnxEngine:
     """Run an ONNX model with onnxruntime on the CPU; tensors in and out, no autograd involved."""
 
     def __init__(self, model: str | os.PathLike | bytes, threads: int | None = None,
                  input_name: str = "image", output_name: str = "logits") -> None:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)

@@ -168,8 +168,9 @@ class Predictor:
                 mode="gaussian", padding_mode="constant", cval=0.0, sw_device=self.device, device="cpu",
                 progress=self.window_progress and windows > WINDOW_PROGRESS_THRESHOLD,
             )
-            probs = torch.softmax(logits[0], dim=0)
-        del logits
+            probs = logits[0]  # softmax in place: no second class-by-volume buffer
+            probs.sub_(probs.amax(dim=0, keepdim=True)).exp_()
+            probs.div_(probs.sum(dim=0, keepdim=True))
         return probs, padded
 
     def _to_input_grid(self, probs: torch.Tensor, pre, keep_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:

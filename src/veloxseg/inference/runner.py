@@ -132,16 +132,21 @@ def predict_cases(predictor: Predictor, cases: Sequence[Case], output_dir: str |
         predictor.check_case(case)
     if summary.skipped:
         log.info("--continue: %d finished case(s) skipped", len(summary.skipped))
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     start = time.perf_counter()
-    bar = tqdm(todo, desc="predict", unit="case", disable=not progress or not todo)
-    for case in bar:
-        bar.set_postfix_str(case.name)
-        result = predictor.predict_case(case, keep_probabilities=save_probabilities)
-        save_case(result, out, case.name, predictor.model.channel_names, predictor.model.labels,
-                  save_probabilities, preview)
-        summary.predicted.append(case.name)
-        summary.seconds[case.name] = result.seconds
-        if result.padded:
-            summary.padded.append(case.name)
+    with logging_redirect_tqdm():  # log lines above the bar, not through it
+        bar = tqdm(todo, desc="predict", unit="case", disable=not progress or not todo)
+        for case in bar:
+            bar.set_postfix_str(case.name)
+            t0 = time.perf_counter()
+            result = predictor.predict_case(case, keep_probabilities=save_probabilities)
+            save_case(result, out, case.name, predictor.model.channel_names, predictor.model.labels,
+                      save_probabilities, preview)
+            summary.predicted.append(case.name)
+            summary.seconds[case.name] = time.perf_counter() - t0  # reading, predicting and writing
+            if result.padded:
+                summary.padded.append(case.name)
+            del result
     summary.total_seconds = time.perf_counter() - start
     return summary
