@@ -81,6 +81,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -123,3 +124,9 @@ def build_model(ckpt: dict[str, Any], deploy: bool = True) -> nn.Module:
     if deploy:
         model = model.for_inference() if hasattr(model, "for_inference") else model.eval()
     return model
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -117,9 +117,16 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
     os.close(fd)
     try:
         nib.save(img, tmp)
+        os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

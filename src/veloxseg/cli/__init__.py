@@ -19,6 +19,9 @@ from .. import __version__
 COMMANDS: tuple[str, ...] = (
     "summary",
     "jl",
+    "train",
+    "demo",
+    "demo_data",
     "predict",
     "evaluate",
     "export",

@@ -136,6 +136,7 @@ def validate_dataset(root: str | Path, check_voxels: bool = True) -> Dataset:
     allowed = set(ds.labels.values())
     for case in ds.cases:
         headers = []
+        failed: set[Path] = set()
         for path in (*case.images, case.label):
             if not path.exists():
                 what = "label" if path == case.label else f"channel {case.images.index(path)} ({ds.channel_names[case.images.index(path)]})"
@@ -145,6 +146,7 @@ def validate_dataset(root: str | Path, check_voxels: bool = True) -> Dataset:
                 headers.append(read_header(path))
             except InputError as err:
                 problems.append(str(err))
+                failed.add(path)
         if len(headers) == len(case.images) + 1:
             grid = check_same_grid(headers)
             problems += grid
@@ -155,12 +157,12 @@ def validate_dataset(root: str | Path, check_voxels: bool = True) -> Dataset:
         if not check_voxels:
             continue
         for path in case.images:
-            if path.exists():
+            if path.exists() and path not in failed:
                 try:
                     read_nifti(path)
                 except InputError as err:
                     problems.append(str(err))
-        if case.label.exists():
+        if case.label.exists() and case.label not in failed:
             try:
                 lab, _ = read_nifti(case.label, dtype=np.float64)
             except InputError as err:

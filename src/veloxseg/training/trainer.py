@@ -266,6 +266,9 @@ class Trainer:
         if not self.split["train"]:
             raise InputError(f"{self.config.dataset}: no training cases left after the split")
         self.labels = dict(self.dataset.labels)
+        random.seed(self.config.seed)
+        np.random.seed(self.config.seed)
+        torch.manual_seed(self.config.seed)  # same initial weights on every rank and every run
         self.network = self.build_network(default_modalities(self.dataset.channel_names), self.dataset.num_classes,
                                           self.plan["patch_size"]).to(self.device)
         self.loss_fn = self.build_loss()
@@ -425,17 +428,23 @@ class Trainer:
         self.network.train()
 
     # ------------------------------------------------------------------ the loop
-    def fit_time_budget(self, epoch: int, epoch_seconds: float) -> None:
-        """With ``max_minutes``: after the first epoch, shorten the schedule to what fits the budget."""
-        budget = self.config.max_minutes * 60.0 - (time.time() - self._t0)  # type: ignore[operator]
-        val_share = 1.3  # validations and checkpoints cost roughly this much on top
-        fit = epoch + 1 + int(budget / (epoch_seconds * val_share))
+    def fit_time_budget(self, epoch: int) -> None:
+        """With ``max_minutes``: shorten the schedule so the remaining epochs fit the budget.
+
+        Uses the mean wall-clock time per epoch so far (validations included) and keeps time for a
+        final validation; called after every epoch, it only ever shortens the run.
+        """
+        elapsed = time.time() - self._t0
+        done = epoch + 1 - self.start_epoch
+        per_epoch = elapsed / max(done, 1)
+        remaining = self.config.max_minutes * 60.0 - elapsed - self._last_val_seconds  # type: ignore[operator]
+        fit = epoch + 1 + max(0, int(remaining / per_epoch))
         if fit < self.epochs:
-            self.epochs = max(epoch + 2, fit)
+            self.epochs = fit
             sched: WarmupCosine = self.scheduler.lr_lambdas[0]  # type: ignore[assignment]
             sched.epochs = self.epochs
-            sched.warmup = min(sched.warmup, default_warmup(self.epochs))
-            self.log(f"time budget {self.config.max_minutes:g} min: training {self.epochs} epochs")
+            if self._bar is not None:
+                self._bar.total = self.epochs * len(self.train_loader)
 
     def run_training(self, stop_after: int | None = None) -> dict[str, Any]:
         """Train from ``start_epoch`` to ``epochs``; ``stop_after`` ends early after that epoch (for tests).
@@ -449,6 +458,7 @@ class Trainer:
         c = self.config
         self.epochs = c.epochs
         self._t0 = time.time()
+        self._last_val_seconds = 0.0
         steps = len(self.train_loader)
         self._bar = tqdm(total=self.epochs * steps, initial=self.start_epoch * steps, unit="step",
                          dynamic_ncols=True, disable=not self.progress_enabled(), leave=True) \
@@ -463,13 +473,13 @@ class Trainer:
                 row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
                 row.update(self.train_epoch(epoch))
                 self.scheduler.step()
-                last = epoch + 1 >= self.epochs or (stop_after is not None and epoch + 1 >= stop_after)
                 if c.max_minutes is not None:
-                    if epoch == self.start_epoch:
-                        self.fit_time_budget(epoch, time.time() - t)
-                    last = last or epoch + 1 >= self.epochs
+                    self.fit_time_budget(epoch)
+                last = epoch + 1 >= self.epochs or (stop_after is not None and epoch + 1 >= stop_after)
                 if self.split["val"] and ((epoch + 1) % c.val_every == 0 or epoch + 1 >= self.epochs):
+                    tv = time.time()
                     row.update(self.validate())
+                    self._last_val_seconds = time.time() - tv
                 row["epoch_time"] = round(time.time() - t, 3)
                 self.on_epoch_end(epoch, row)
                 epoch += 1
