@@ -44,3 +44,17 @@ def test_instance_norm_single_voxel_is_zero_on_both_paths():
     assert torch.equal(InstanceNorm3d(4)(x), torch.zeros_like(x))
     with fast_paths(False):
         assert torch.equal(InstanceNorm3d(4)(x), torch.zeros_like(x))
+
+
+def test_layer_norm_fast_path_matches_layer_norm():
+    from veloxseg.networks.layers import LayerNorm3d
+
+    norm = LayerNorm3d(16)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+        x = torch.randn(2, 16, 16, 16, 24) * 3 + 1
+        fast = norm(x)
+        with fast_paths(False):
+            slow = norm(x)
+    assert torch.allclose(fast, slow, atol=1e-5)
