@@ -107,3 +107,25 @@ def test_torchrun_two_processes_gloo(tiny_dataset, tmp_path):
     assert len(rows) == 2 and rows[-1]["val_dice"] != ""  # one table, written once (rank 0)
     model = build_model(load_checkpoint(out / "checkpoint_best.pt"))
     assert model(torch.zeros(1, 2, 32, 32, 32)).shape == (1, 2, 32, 32, 32)
+
+
+def test_demo_end_to_end_smoke(tmp_path, capsys):
+    """The README's first command, shrunk: generate, train briefly, predict held-out cases, score."""
+    import json
+
+    import numpy as np
+
+    from veloxseg.io import read_nifti
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--minutes", "1.1", "--cases", "2", "--test-cases", "1",
+                 "--threads", "1", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out lesion Dice" in printed
+    result = json.loads((out / "demo_result.json").read_text())
+    assert list(result["per_case"]) == ["demo_002"] and 0.0 <= result["mean_dice"] <= 1.0
+    pred, affine = read_nifti(out / "predictions" / "demo_002.nii.gz", dtype=np.uint8)
+    ref, ref_affine = read_nifti(out / "Dataset900_DemoPETCT" / "labelsTs" / "demo_002.nii.gz", dtype=np.uint8)
+    assert pred.shape == ref.shape and np.allclose(affine, ref_affine)
+    assert set(np.unique(pred)) <= {0, 1}
+    assert (out / "run" / "checkpoint_best.pt").is_file()

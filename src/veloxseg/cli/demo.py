@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -15,8 +16,8 @@ PREDICT_RESERVE_MIN = 0.75
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
     p = sub.add_parser("demo", help="end-to-end demo: synthetic PET/CT, CPU training, Dice on held-out cases")
-    p.add_argument("--output", "-o", default="veloxseg-demo", help="folder for data, run and predictions "
-                                                                   "(default ./veloxseg-demo)")
+    p.add_argument("--output", "-o", default="demo_run", help="folder for data, run and predictions "
+                                                              "(default ./demo_run)")
     p.add_argument("--minutes", type=float, default=8.0,
                    help="wall-clock budget of the whole demo in minutes (default 8); training gets what data "
                         "generation and prediction leave")
@@ -44,11 +45,13 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     out = Path(args.output)
     data = out / "Dataset900_DemoPETCT"
+    for sub in (data, out / "run", out / "predictions"):  # the demo's own folders: start afresh
+        if sub.exists():
+            shutil.rmtree(sub)
     print(f"[1/3] writing {args.cases} training + {args.test_cases} test phantoms to {data}", flush=True)
-    if not (data / "dataset.json").exists():
-        write_demo_dataset(data, cases=args.cases, seed=args.seed, test_cases=args.test_cases)
+    write_demo_dataset(data, cases=args.cases, seed=args.seed, test_cases=args.test_cases)
     train_minutes = args.minutes - (time.time() - t0) / 60 - PREDICT_RESERVE_MIN
-    if train_minutes <= 0.5:
+    if train_minutes <= 0.1:
         raise InputError(f"--minutes {args.minutes:g} leaves no time to train")
     print(f"[2/3] training for at most {train_minutes:.1f} min", flush=True)
     config = TrainConfig(dataset=str(data), output=str(out / "run"), epochs=400, patch_size=list(DEMO_PATCH),

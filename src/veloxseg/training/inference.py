@@ -32,7 +32,7 @@ def predict_case(model: nn.Module, plan: Mapping[str, Any], image_paths: Sequenc
     pred = logits[0].argmax(0, keepdim=True).to(torch.float32).cpu()
     from monai.data import MetaTensor
 
-    data["pred"] = MetaTensor(pred, affine=x.affine, meta=dict(x.meta))
+    data["pred"] = MetaTensor(pred, meta=dict(x.meta))
     inverted = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=True)(data)
     out = inverted["pred"]
     return np.asarray(out[0].cpu().numpy().round(), dtype=np.uint8), np.asarray(out.affine, dtype=np.float64)

@@ -250,6 +250,9 @@ class Trainer:
 
         self.output.mkdir(parents=True, exist_ok=True)
         self.set_threads()
+        if not self.resume and (self.output / "checkpoint_last.pt").exists():
+            raise InputError(f"{self.output}: already holds a training run; pass --resume to continue it "
+                             f"or choose another --output")
         resume_ckpt = self.load_resume_checkpoint() if self.resume else None
         if resume_ckpt is not None:
             state = resume_ckpt["training_state"]
@@ -429,17 +432,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit_time_budget(self, epoch: int) -> None:
-        """With ``max_minutes``: shorten the schedule so the remaining epochs fit the budget.
+        """With ``max_minutes``: fit the number of epochs (and the cosine schedule) to the time left.
 
-        Uses the mean wall-clock time per epoch so far (validations included) and keeps time for a
-        final validation; called after every epoch, it only ever shortens the run.
+        Uses the mean wall-clock time of the epochs so far (validations included; the first epoch,
+        which pays for warm-up, only while it is the only one), keeps time for a final validation,
+        and never goes beyond ``config.epochs``. Called after every epoch.
         """
         elapsed = time.time() - self._t0
-        done = epoch + 1 - self.start_epoch
-        per_epoch = elapsed / max(done, 1)
+        times = self._epoch_seconds[1:] or self._epoch_seconds
+        per_epoch = sum(times) / len(times)
         remaining = self.config.max_minutes * 60.0 - elapsed - self._last_val_seconds  # type: ignore[operator]
-        fit = epoch + 1 + max(0, int(remaining / per_epoch))
-        if fit < self.epochs:
+        fit = min(self.config.epochs, epoch + 1 + max(0, int(remaining / per_epoch)))
+        fit = dist_utils.broadcast_object(fit)  # every rank must stop after the same epoch
+        if fit != self.epochs:
             self.epochs = fit
             sched: WarmupCosine = self.scheduler.lr_lambdas[0]  # type: ignore[assignment]
             sched.epochs = self.epochs
@@ -457,8 +462,11 @@ class Trainer:
             self.initialize()
         c = self.config
         self.epochs = c.epochs
+        if c.max_minutes is None:  # e.g. a resumed run given a new --epochs
+            self.scheduler.lr_lambdas[0].epochs = c.epochs  # type: ignore[attr-defined]
         self._t0 = time.time()
         self._last_val_seconds = 0.0
+        self._epoch_seconds: list[float] = []
         steps = len(self.train_loader)
         self._bar = tqdm(total=self.epochs * steps, initial=self.start_epoch * steps, unit="step",
                          dynamic_ncols=True, disable=not self.progress_enabled(), leave=True) \
@@ -474,6 +482,7 @@ class Trainer:
                 row.update(self.train_epoch(epoch))
                 self.scheduler.step()
                 if c.max_minutes is not None:
+                    self._epoch_seconds.append(time.time() - t + self._last_val_seconds / max(1, c.val_every))
                     self.fit_time_budget(epoch)
                 last = epoch + 1 >= self.epochs or (stop_after is not None and epoch + 1 >= stop_after)
                 if self.split["val"] and ((epoch + 1) % c.val_every == 0 or epoch + 1 >= self.epochs):
