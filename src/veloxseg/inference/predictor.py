@@ -111,6 +111,8 @@ class Predictor:
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+        if device.type == "cuda" and engine == "onnxruntime":
+            raise ValueError("--engine onnxruntime runs on the CPU here; use --device cpu, or --engine torch on cuda")
         if threads:
             torch.set_num_threads(int(threads))
         return cls(load_model(path, engine, device, threads), device=device, **kwargs)
