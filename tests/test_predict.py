@@ -434,9 +434,14 @@ def test_foreground_crop_is_undone_outside_the_body(tmp_path):
     pet = blob(radius=4.0, centre=(10, 12, 7))
     pet[0:2] = 5.0  # positive PET outside the body is cropped away: background
     make_case(tmp_path / "in", "c", ct, pet)
-    assert main(["predict", "-m", ckpt, "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    assert main(["predict", "-m", ckpt, "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--quiet",
+                 "--save-probabilities"]) == 0
     out = nib.load(str(tmp_path / "out" / "c.nii.gz"))
     assert out.shape == SHAPE and np.array_equal(out.affine, nib.load(str(tmp_path / "in" / "c_0000.nii.gz")).affine)
     body = ct > -500
     expected = ((pet > 0) & body).astype(np.uint8)
     assert np.array_equal(np.asarray(out.dataobj), expected)
+    with np.load(tmp_path / "out" / "c.npz") as npz:
+        probs = npz["probabilities"].astype(np.float32)
+    assert np.all(probs[0][~body] == 1.0) and np.all(probs[1][~body] == 0.0)  # outside the crop: background
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=2e-3)
