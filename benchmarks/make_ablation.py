@@ -117,16 +117,16 @@ def render(preset: str) -> str:
         "  paper's conventional decoder costs\n  "
         + ", ".join(f"{m:.2f}" for m, _ in implied)
         + " G multiply-adds in its four rows,",
-        "  a constant that does not follow the kernels or groups, i.e. a plain conv decoder of about 1.9 G multiply-adds and (rows 1–3) about "
-        + f"{sum(p for _, p in implied[:3]) / 3:.2f} M parameters. Ours is",
+        "  a constant that does not follow the kernels or groups, i.e. a plain conv decoder of about",
+        f"  1.9 G multiply-adds and (rows 1–3) about {sum(p for _, p in implied[:3]) / 3:.2f} M parameters. Ours is",
         f"  cheaper in `multiscale` ({d('multiscale', 'macs')}) and dearer in `jl-groups` and `pwa`",
         f"  ({d('jl-groups', 'macs')}, {d('pwa', 'macs')}); its parameters are fewer ({d('jl-groups', 'params')} to",
         f"  {d('multiscale', 'params')}). The conventional decoder is a training-time comparison only; the deployed",
         "  network never has it.",
-        "* **`pwa` parameters (-14 %).** Besides the head, the paper's step from `pwa` to unified upsampling",
-        "  removes 0.22 M parameters, more than its own rows 1–3 imply for the conventional decoder",
-        f"  (≈ {sum(p for _, p in implied[:3]) / 3:.2f} M): the paper's `pwa` row seems to carry about 0.16 M parameters",
-        "  that neither the final model nor the conv-only rows have. We cannot tell which from the paper.",
+        f"* **`pwa` parameters ({d('pwa', 'params')}).** Besides the head, the paper's step from `pwa` to unified",
+        "  upsampling removes 0.22 M parameters, more than its own rows 1–3 imply for the conventional decoder",
+        f"  (≈ {sum(p for _, p in implied[:3]) / 3:.2f} M): the paper's `pwa` row seems to carry about 0.16 M",
+        "  parameters that neither the final model nor the conv-only rows have. We cannot tell which from the paper.",
         "* **`groups-8-16-16-32`.** The paper reports only its Dice (55.14, against 55.84 for ⟨4, 8, 8, 16⟩);",
         "  we place it at the `jl-groups` row, the row it is compared with.",
         f"* **`unified-upsampling`, `full`, `teachers-no-gram`** differ by {d('full', 'params')} (params) and",

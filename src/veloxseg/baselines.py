@@ -32,7 +32,9 @@ BASELINES: tuple[str, ...] = ("unet", "unetr", "swinunetr", "segresnet", "dynune
 
 
 def _size3(img_size: Sequence[int] | int) -> tuple[int, int, int]:
-    return (img_size,) * 3 if isinstance(img_size, int) else tuple(int(s) for s in img_size)  # type: ignore[return-value]
+    if isinstance(img_size, int):
+        return (img_size,) * 3
+    return tuple(int(s) for s in img_size)  # type: ignore[return-value]
 
 
 def nnunet_plan(img_size: Sequence[int] | int, min_feature: int = 4, base: int = 32, cap: int = 320,

@@ -66,7 +66,8 @@ class BenchConfig:
         if len(self.volume) == 3:
             self.volume = [channels, *self.volume]
         if len(self.volume) != 4 or self.volume[0] != channels:
-            raise ValueError(f"--volume must be DxHxW or {channels}xDxHxW for preset {preset.name!r}, got {self.volume}")
+            raise ValueError(f"--volume must be DxHxW or {channels}xDxHxW for preset {preset.name!r}, "
+                             f"got {self.volume}")
         if any(t < 1 for t in self.threads) or not self.threads or self.train_threads < 1:
             raise ValueError("thread counts must be positive integers")
         if self.seconds < 0 or self.min_reps < 1 or self.train_steps < 1 or self.train_batch < 1:

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  input shape          {tuple(info['input_shape'])}")
     print(f"  output shape         {tuple(info['output_shape'])}")
     print(f"  params (inference)   {info['params_inference']:,}")
-    print(f"  params (training)    {info['params_training']:,}  (with its texture teachers and deep-supervision heads, if any)")
-    print(f"  FLOPs per forward    {info['flops'] / 1e9:.3f} G  (= {info['multiply_adds'] / 1e9:.3f} G multiply-adds)")
+    print(f"  params (training)    {info['params_training']:,}  (with any teachers and deep-supervision heads)")
+    macs = info["multiply_adds"] / 1e9
+    print(f"  FLOPs per forward    {info['flops'] / 1e9:.3f} G  (= {macs:.3f} G multiply-adds)")
     return 0
