@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         image = os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.markdown))) if args.plot else None
         with open(args.markdown, "w") as f:
-            f.write(document(result, args.note, image, args.plot))
+            f.write(document(result, args.note, image, args.plot, args.json or args.from_json))
     return 0
 
 
