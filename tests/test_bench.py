@@ -25,6 +25,7 @@ def test_json_structure(tiny):
     result, _, _ = tiny
     assert {"config", "command", "machine", "ceiling", "models", "volume_windows"} <= set(result)
     assert set(result["ceiling"]["1"]) == {"conv", "matmul"}
+    assert len(result["ceiling"]["1"]["conv"]["runs_gflops"]) == 2
     assert all(result["ceiling"]["1"][k]["gflops"] > 0 for k in ("conv", "matmul"))
     assert list(result["models"]) == ["veloxseg", "unet"]
     for name, entry in result["models"].items():
@@ -37,6 +38,7 @@ def test_json_structure(tiny):
         train = entry["train"]
         assert "error" not in train, train
         assert train["seconds"] > 0 and train["peak_memory"] > 0 and "peak_memory_growth" in train
+        assert train["steps"] >= 1 and train["min"] <= train["seconds"] <= train["max"]
     vol = result["models"]["veloxseg"]["volume"]
     assert "error" not in vol, vol
     assert vol["output_shape"] == [1, 40, 40, 36] and vol["windows"] == result["volume_windows"] == 8

@@ -45,7 +45,7 @@ def time_repeated(fn: Callable[[], object], seconds: float, min_reps: int = 3, w
 
 @torch.no_grad()
 def ceilings(seconds: float, min_reps: int = 3, device: str = "cpu") -> dict[str, dict[str, float]]:
-    """This machine's dense-compute ceiling with the current thread setting.
+    """This machine's dense-compute ceiling with the current thread setting (one measurement).
 
     ``conv``: a 5x5x5 conv3d, 32 -> 32 channels on a 48^3 map, padding 2 (oneDNN on CPU);
     ``matmul``: a 4096 x 4096 float32 matmul. Each gives ``gflops`` (at the median time) and ``seconds``.

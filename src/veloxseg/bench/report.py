@@ -149,7 +149,9 @@ def document(result: dict[str, Any], note: str | None = None, image: str | None 
               "", "Protocol: inference is eval mode, no gradients, batch 1, after a warm-up, the median of timed "
               "forwards over at least the given seconds; FLOPs are PyTorch's `FlopCounterMode` (2 per "
               "multiply-add). The ceilings are measured in the same run with the same thread counts; "
-              "'% conv ceiling' is the model's achieved GFLOP/s over the dense 5×5×5 conv's. Training steps and "
+              "'% conv ceiling' is the model's achieved GFLOP/s over the dense 5×5×5 conv's (each ceiling is the better "
+              "of a run before and one after the models). Training steps are timed like the forwards (at least "
+              "the given seconds after a warm-up step). Training steps and "
               "whole-volume predictions run in a fresh process per model, so their peak RSS growth is that "
               "model's alone.", "", MODELS_NOTE, "", markdown(result)]
     if image:

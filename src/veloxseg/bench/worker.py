@@ -37,7 +37,10 @@ def _peak_growth(device: str, base: int) -> tuple[int, int]:
 
 
 def train_step(job: dict[str, Any]) -> dict[str, Any]:
-    """Time ``steps`` training steps (forward, the model's loss, backward, AdamW step) after one warm-up step."""
+    """Time training steps (forward, the model's loss, backward, AdamW step) after one warm-up step.
+
+    At least ``steps`` timed steps, and more until ``seconds`` have passed.
+    """
     device, size, batch = job["device"], job["size"], job["batch"]
     model = build_model(job["model"], job["preset"], size, train=True).to(device)
     loss_fn = training_loss(job["model"])
@@ -55,13 +58,15 @@ def train_step(job: dict[str, Any]) -> dict[str, Any]:
         return float(loss.detach())
 
     base = _peak_start(device)
-    times = []
-    for i in range(1 + job["steps"]):
+    loss = step()  # warm-up
+    sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < job["steps"] or time.perf_counter() - start < job.get("seconds", 0.0):
         t0 = time.perf_counter()
         loss = step()
         sync(device)
-        if i:
-            times.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
     peak, growth = _peak_growth(device, base)
     if not math.isfinite(loss):
         raise RuntimeError(f"{job['model']}: non-finite training loss")

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=lambda s: _ints(s, "x"), default=None,
                    help="input patch DxHxW or one side (default: the preset's, 96x96x96 for autopet)")
     p.add_argument("--train-batch", type=int, default=2)
-    p.add_argument("--train-steps", type=int, default=1, help="timed training steps after one warm-up step")
+    p.add_argument("--train-steps", type=int, default=1,
+                   help="at least this many timed training steps after a warm-up step, and more until --seconds")
     p.add_argument("--train-threads", type=int, default=None,
                    help="threads for the training step and whole-volume prediction (default: all cores)")
     p.add_argument("--volume", type=lambda s: _ints(s, "x"), default=[2, 400, 400, 300],
