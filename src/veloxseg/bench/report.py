@@ -109,9 +109,10 @@ def markdown(result: dict[str, Any]) -> str:
         parts += ["", f"Training step: batch {cfg['train_batch']}, {cfg['train_threads']} thread(s), "
                       "forward + the model's own loss + backward + AdamW step.", "", train_table(result)]
     if any(e.get("volume") is not None for e in result["models"].values()):
-        vol = "×".join(map(str, cfg["volume"]))
-        parts += ["", f"Whole-volume prediction of a {vol} volume: MONAI sliding windows of "
-                      f"{'×'.join(map(str, cfg['size']))}, overlap {cfg['overlap']:g}, Gaussian blending, "
+        vol, roi = "×".join(map(str, cfg["volume"])), "×".join(map(str, cfg["size"]))
+        parts += ["", f"Whole-volume prediction of a {vol} volume: MONAI sliding windows of {roi}, "
+                      f"overlap {cfg['overlap']:g}, {cfg.get('sw_batch_size', 1)} window(s) per forward, "
+                      "Gaussian blending, "
                       f"{result['volume_windows']} windows, argmax to labels; {cfg['train_threads']} thread(s). "
                       "Estimated rows are windows × the median forward time at that thread count.",
                   "", volume_table(result)]
@@ -149,9 +150,9 @@ def document(result: dict[str, Any], note: str | None = None, image: str | None 
               "", "Protocol: inference is eval mode, no gradients, batch 1, after a warm-up, the median of timed "
               "forwards over at least the given seconds; FLOPs are PyTorch's `FlopCounterMode` (2 per "
               "multiply-add). The ceilings are measured in the same run with the same thread counts; "
-              "'% conv ceiling' is the model's achieved GFLOP/s over the dense 5×5×5 conv's (each ceiling is the better "
-              "of a run before and one after the models). Training steps are timed like the forwards (at least "
-              "the given seconds after a warm-up step). Training steps and "
+              "'% conv ceiling' is the model's achieved GFLOP/s over the dense 5×5×5 conv's (each ceiling is "
+              "the better of a run before and one after the models). Training steps are timed like the forwards "
+              "(at least the given seconds after a warm-up step). Training steps and "
               "whole-volume predictions run in a fresh process per model, so their peak RSS growth is that "
               "model's alone.", "", MODELS_NOTE, "", markdown(result)]
     if image:

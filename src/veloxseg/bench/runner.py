@@ -48,7 +48,8 @@ class BenchConfig:
     train_threads: int = field(default_factory=default_threads)
     volume: list[int] = field(default_factory=lambda: [2, 400, 400, 300])
     volume_models: list[str] = field(default_factory=lambda: ["veloxseg"])
-    overlap: float = 0.25
+    overlap: float = 0.5
+    sw_batch_size: int = 2
     skip: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -72,6 +73,8 @@ class BenchConfig:
             raise ValueError("thread counts must be positive integers")
         if self.seconds < 0 or self.min_reps < 1 or self.train_steps < 1 or self.train_batch < 1:
             raise ValueError("--seconds must be >= 0, --min-reps, --train-steps and --train-batch >= 1")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"--sw-batch-size must be >= 1, got {self.sw_batch_size}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
         bad = [p for p in self.skip if p not in PARTS]
@@ -90,7 +93,7 @@ class BenchConfig:
                  f"--threads {join(self.threads)} --seconds {self.seconds:g} --min-reps {self.min_reps}",
                  f"--size {join(self.size or [], 'x')} --train-batch {self.train_batch}",
                  f"--train-steps {self.train_steps} --train-threads {self.train_threads}",
-                 f"--volume {join(self.volume, 'x')} --overlap {self.overlap:g}",
+                 f"--volume {join(self.volume, 'x')} --overlap {self.overlap:g} --sw-batch-size {self.sw_batch_size}",
                  f"--volume-models {join(self.volume_models) or 'none'}"]
         if self.skip:
             parts.append(f"--skip {join(self.skip)}")
@@ -197,7 +200,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
             for name in cfg.volume_models:
                 task(f"{name}: whole volume")
                 job = dict(worker_base, kind="volume", model=name, volume=cfg.volume, overlap=cfg.overlap,
-                           mode="gaussian", sw_batch_size=1)
+                           mode="gaussian", sw_batch_size=cfg.sw_batch_size)
                 vol = run_worker(job)
                 result["models"].setdefault(name, {"throughput": {}, "train": None})["volume"] = vol
                 bar.update()

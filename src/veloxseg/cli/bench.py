@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--volume-models", type=_names, default=["veloxseg"],
                    help="models to run the whole volume with (default veloxseg; the others are estimated); "
                         "'none' for none")
-    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (default 0.25)")
+    p.add_argument("--overlap", type=float, default=0.5,
+                   help="sliding-window overlap (default 0.5, as veloxseg predict)")
+    p.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward (default 2, as veloxseg predict)")
     p.add_argument("--skip", type=_names, default=[], help=f"parts to skip: {','.join(PARTS)}")
     p.add_argument("--json", metavar="OUT", help="write the full result as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="write a bar chart")
@@ -89,6 +91,7 @@ def measure(args: argparse.Namespace) -> dict:
     cfg = BenchConfig(preset=args.preset, models=args.models, device=args.device, threads=args.threads,
                       seconds=args.seconds, min_reps=args.min_reps, size=args.size, train_batch=args.train_batch,
                       train_steps=args.train_steps, train_threads=args.train_threads or default_threads(),
-                      volume=args.volume, volume_models=args.volume_models, overlap=args.overlap, skip=args.skip)
+                      volume=args.volume, volume_models=args.volume_models, overlap=args.overlap,
+                      sw_batch_size=args.sw_batch_size, skip=args.skip)
     cfg.validate()  # fail on bad options before the long run
     return run_bench(cfg, progress=not args.no_progress)
