@@ -112,3 +112,48 @@ def baseline_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Ten
 
     return deep_supervised
 
+
+
+class BaselineNet(nn.Module):
+    """A baseline wrapped for the trainer and checkpoints: ``hparams`` and ``for_inference`` like VeloxSeg.
+
+    ``hparams`` are this class's constructor arguments (stored as a checkpoint's ``model_kwargs``);
+    the wrapped MONAI network is ``self.net`` (so its weights are ``net.*`` in the state dict).
+    """
+
+    def __init__(self, name: str, in_channels: int, out_channels: int, img_size: Sequence[int] | int,
+                 deep_supervision: bool = True) -> None:
+        super().__init__()
+        self.hparams: dict[str, object] = {"name": name.lower(), "in_channels": int(in_channels),
+                                           "out_channels": int(out_channels), "img_size": list(_size3(img_size)),
+                                           "deep_supervision": bool(deep_supervision)}
+        self.net = build_baseline(name, in_channels, out_channels, img_size, deep_supervision=deep_supervision)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def for_inference(self) -> BaselineNet:
+        """A copy in eval mode (in eval mode every baseline returns the full-resolution logits only)."""
+        import copy
+
+        return copy.deepcopy(self).eval()
+
+
+class BaselineLoss(nn.Module):
+    """:func:`baseline_loss` with the trainer's loss interface: ``(output, target, image) -> parts``.
+
+    Returns :class:`~veloxseg.losses.VeloxSegLossParts` with the reconstruction and SDKT parts zero
+    (baselines have neither).
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name.lower()
+        self.fn = baseline_loss(name)
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor, image: torch.Tensor | None = None):  # noqa: ANN201
+        from .losses import VeloxSegLossParts
+
+        total = self.fn(output, target)
+        zero = total.detach().new_zeros(())
+        return VeloxSegLossParts(total, total.detach(), zero, zero)

@@ -14,8 +14,9 @@ Payload keys (``format_version`` 1):
 
 ``format``            ``"veloxseg-checkpoint"``
 ``format_version``    ``1``
-``model_name``        a key of :data:`MODEL_BUILDERS` (``"veloxseg"``; baselines register more)
-``model_kwargs``      constructor arguments (``VeloxSeg.hparams``)
+``model_name``        a key of :data:`MODEL_BUILDERS` (``"veloxseg"``, or a baseline: ``"unet"``, ...)
+``model_kwargs``      constructor arguments (``VeloxSeg.hparams`` / ``BaselineNet.hparams``)
+``variant``           (optional) the ablation variant a VeloxSeg was trained as
 ``state_dict``        weights matching ``model_kwargs``
 ``labels``            ``{name: int}`` from ``dataset.json``
 ``channel_names``     channel names in input-channel order
@@ -51,8 +52,18 @@ def _build_veloxseg(kwargs: dict[str, Any]) -> nn.Module:
     return VeloxSeg(**kwargs)
 
 
-#: model name -> builder ``(model_kwargs) -> nn.Module``; other model families register here
-MODEL_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {"veloxseg": _build_veloxseg}
+def _build_baseline(kwargs: dict[str, Any]) -> nn.Module:
+    from .baselines import BaselineNet
+
+    return BaselineNet(**kwargs)
+
+
+#: model name -> builder ``(model_kwargs) -> nn.Module``; other model families register here. The
+#: MONAI baselines (``veloxseg train --model unet`` ...) store ``BaselineNet`` arguments as ``model_kwargs``.
+MODEL_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
+    "veloxseg": _build_veloxseg,
+    **{name: _build_baseline for name in ("unet", "unetr", "swinunetr", "segresnet", "dynunet")},
+}
 
 
 def register_model(name: str, builder: Callable[[dict[str, Any]], nn.Module]) -> None:

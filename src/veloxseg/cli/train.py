@@ -15,6 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "veloxseg train ...` it runs DistributedDataParallel (gloo on CPU, nccl on GPU).")
     p.add_argument("dataset", help="dataset folder with dataset.json, imagesTr/ and labelsTr/")
     p.add_argument("--output", "-o", required=True, help="run folder (checkpoints, metrics.csv, curves.png, tensorboard/)")
+    p.add_argument("--model", choices=("veloxseg", "unet", "unetr", "swinunetr", "segresnet", "dynunet"),
+                   help="architecture (default veloxseg); the MONAI baselines train through the same pipeline "
+                        "with Dice+CE")
+    p.add_argument("--variant", help="an ablation variant of VeloxSeg (veloxseg summary --list-variants)")
     p.add_argument("--preset", help="reference configuration: network, spacing and patch size (autopet, hecktor, brats)")
     p.add_argument("--epochs", type=int, help="epochs (default 300); each epoch passes over every training case once")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("D", "H", "W"),
@@ -25,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     split = p.add_mutually_exclusive_group()
     split.add_argument("--fold", type=int, help="5-fold cross-validation fold 0-4 (-1: train on all cases)")
     split.add_argument("--val-fraction", type=float, help="fraction of cases held out for validation (default 0.2)")
+    p.add_argument("--num-folds", type=int, help="folds of the cross-validation --fold picks from (default 5)")
     p.add_argument("--val-every", type=int, help="validate every N epochs (default 5)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 2.5e-4)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint_last.pt")
@@ -33,13 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--cache", choices=("memory", "disk", "none"), help="where preprocessed cases are kept (default memory)")
     p.add_argument("--workers", type=int, dest="num_workers", help="data-loader worker processes (default 0)")
-    p.add_argument("--max-minutes", type=float, help="fit the schedule into this wall-clock budget")
+    p.add_argument("--max-minutes", "--time-budget", type=float, dest="max_minutes", metavar="MINUTES",
+                   help="wall-clock training budget: the epochs and the cosine schedule are fitted to it "
+                        "(recorded with the epochs reached and the hardware in RUN_DIR/run_info.json)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on CUDA")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.set_defaults(func=run)
 
 
-OVERRIDABLE = ("preset", "epochs", "patch_size", "spacing", "batch_size", "fold", "val_fraction", "val_every", "lr",
+OVERRIDABLE = ("model", "variant", "num_folds", "preset", "epochs", "patch_size", "spacing", "batch_size", "fold", "val_fraction", "val_every", "lr",
                "device", "threads", "seed", "cache", "num_workers", "max_minutes", "amp", "progress")
 
 
@@ -63,10 +70,10 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Train; print the best validation Dice and where the checkpoints are."""
-    from ..training import Trainer
+    from ..training import ModelTrainer
 
     config = build_config(args)
-    trainer = Trainer(config, resume=args.resume)
+    trainer = ModelTrainer(config, resume=args.resume)
     try:
         summary = trainer.run_training()
     finally:

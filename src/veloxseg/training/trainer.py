@@ -64,6 +64,9 @@ class TrainConfig:
     progress: bool = True
     max_minutes: float | None = None  # stop (and shorten the schedule) to fit this wall-clock budget
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    model: str = "veloxseg"  # or a MONAI baseline (veloxseg.baselines.BASELINES); see training.models
+    variant: str | None = None  # an ablation variant of VeloxSeg (veloxseg.variants.VARIANTS)
+    num_folds: int = 5  # folds of the k-fold split that ``fold`` picks from
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -264,7 +267,8 @@ class Trainer:
                                  f"checkpoint's {resume_ckpt['channel_names']}")
         else:
             self.dataset, self.plan = self.build_plan()
-            train, val = split_cases([c.name for c in self.dataset.cases], self.config.fold, self.config.val_fraction)
+            train, val = split_cases([c.name for c in self.dataset.cases], self.config.fold, self.config.val_fraction,
+                                     num_folds=self.config.num_folds)
             self.split = {"train": train, "val": val}
         if not self.split["train"]:
             raise InputError(f"{self.config.dataset}: no training cases left after the split")

@@ -1,0 +1,181 @@
+"""One trainer for every architecture: VeloxSeg, its ablation variants and the MONAI baselines.
+
+:class:`ModelTrainer` is :class:`~veloxseg.training.Trainer` with two hooks overridden, so the data
+pipeline, split, optimiser, schedule, time budget and sliding-window validation are exactly the
+same for every model and a comparison measures the architecture only:
+
+* ``build_network`` -- ``config.model == "veloxseg"``: VeloxSeg (with ``config.variant``'s
+  constructor arguments applied on top of the preset and before ``model_overrides``); otherwise the
+  MONAI baseline of that name (:class:`~veloxseg.baselines.BaselineNet`).
+* ``build_loss`` -- VeloxSeg: the full VeloxSeg loss (the variant's loss arguments, e.g.
+  ``lambda_sdkt=0``, win over the config's); baselines: Dice+CE (nnU-Net deep supervision for
+  ``dynunet``), with no reconstruction or SDKT terms.
+
+Checkpoints record ``model_name`` (``"veloxseg"`` or the baseline's name), ``model_kwargs`` and,
+for variants, ``variant``; :data:`veloxseg.checkpoint.MODEL_BUILDERS` rebuilds every one of them, so
+``veloxseg predict`` and ``veloxseg evaluate`` work unchanged. At the end of a run rank 0 writes
+``RUN_DIR/run_info.json``: model, variant, time budget, epochs reached, seconds (wall and process
+CPU), parameters and the hardware (CPU model, cores, threads, load, torch/monai versions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+from typing import Any
+
+from torch import nn
+
+from ..errors import InputError
+from .trainer import TrainConfig, Trainer
+
+#: every ``--model`` value
+MODELS: tuple[str, ...] = ("veloxseg", "unet", "unetr", "swinunetr", "segresnet", "dynunet")
+
+
+def check_model(config: TrainConfig) -> None:
+    """An :class:`InputError` for an unknown model or variant, or a variant of a baseline."""
+    from ..variants import VARIANTS
+
+    model = (config.model or "veloxseg").lower()
+    if model not in MODELS:
+        raise InputError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
+    if config.variant is not None:
+        if model != "veloxseg":
+            raise InputError(f"--variant applies to --model veloxseg only, not {model!r}")
+        if config.variant.lower() not in VARIANTS:
+            raise InputError(f"unknown variant {config.variant!r}; choose one of {', '.join(VARIANTS)}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; the platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_info() -> dict[str, Any]:
+    """The machine a run trained on: CPU model, logical cores, cores usable, torch threads, load, versions."""
+    import monai
+    import torch
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count()
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": usable,
+            "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average_1_5_15min": load, "torch": torch.__version__, "monai": monai.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+class ModelTrainer(Trainer):
+    """:class:`Trainer` for ``config.model`` / ``config.variant`` (see the module docstring)."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        check_model(config)
+        super().__init__(config, resume=resume)
+        self.model_name = (config.model or "veloxseg").lower()
+        self.variant = config.variant.lower() if config.variant else None
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.model_name != "veloxseg"
+
+    def build_network(self, in_channels: list[int], out_channels: int, patch_size: list[int]) -> nn.Module:
+        """The baseline, or VeloxSeg with the variant's arguments applied."""
+        if self.is_baseline:
+            from ..baselines import BaselineNet
+
+            return BaselineNet(self.model_name, sum(in_channels), out_channels, list(patch_size))
+        if self.variant is None:
+            return super().build_network(in_channels, out_channels, patch_size)
+        from ..variants import get_variant
+
+        saved = self.config.model_overrides
+        self.config.model_overrides = {**get_variant(self.variant).model, **saved}
+        try:
+            return super().build_network(in_channels, out_channels, patch_size)
+        finally:
+            self.config.model_overrides = saved
+
+    def build_loss(self) -> nn.Module:
+        """Dice+CE for a baseline; the VeloxSeg loss (with the variant's arguments) otherwise."""
+        if self.is_baseline:
+            from ..baselines import BaselineLoss
+
+            return BaselineLoss(self.model_name)
+        from ..losses import VeloxSegLoss
+
+        kwargs: dict[str, Any] = {"lambda_rc": self.config.lambda_rc, "lambda_sdkt": self.config.lambda_sdkt}
+        if self.variant is not None:
+            from ..variants import get_variant
+
+            kwargs.update(get_variant(self.variant).loss)
+        return VeloxSegLoss(**kwargs)
+
+    def base_payload(self) -> dict[str, Any]:
+        payload = super().base_payload()
+        if self.variant is not None:
+            payload["variant"] = self.variant
+        return payload
+
+    def run_training(self, stop_after: int | None = None) -> dict[str, Any]:
+        """:meth:`Trainer.run_training`, then ``run_info.json`` (budget, epochs reached, hardware)."""
+        cpu0 = _cpu_seconds()
+        load0 = _load()
+        summary = super().run_training(stop_after=stop_after)
+        if self.is_main:
+            self.write_run_info(summary, _cpu_seconds() - cpu0, load0)
+        return summary
+
+    def write_run_info(self, summary: dict[str, Any], cpu_seconds: float, load_start: Any) -> None:
+        """``RUN_DIR/run_info.json``: what was trained, for how long, on what."""
+        c = self.config
+        budget = c.max_minutes
+        info = {
+            "model": self.model_name, "variant": self.variant,
+            "parameters": sum(p.numel() for p in self.network.parameters()),
+            "time_budget_minutes": budget, "epochs_max": c.epochs, "epochs_reached": summary["epochs"],
+            "stopped_by_time_budget": bool(budget is not None and summary["epochs"] < c.epochs),
+            "iterations_per_epoch": len(self.train_loader), "batch_size": c.batch_size,
+            "crops_per_volume": c.num_samples,
+            "train_wall_seconds": summary["seconds"], "process_cpu_seconds": round(cpu_seconds, 1),
+            "best_val_dice": summary["best_val_dice"], "best_epoch": summary["best_epoch"],
+            "last_val_dice": next((r["val_dice"] for r in reversed(self.history) if r.get("val_dice") is not None),
+                                  None),
+            "fold": c.fold, "num_folds": c.num_folds, "seed": c.seed, "patch_size": self.plan["patch_size"],
+            "spacing": self.plan["spacing"], "processes": self.world_size, "device": str(self.device),
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "hardware": {**hardware_info(), "load_average_at_start": load_start},
+        }
+        (self.output / "run_info.json").write_text(json.dumps(info, indent=2))
+        self.log(f"run info: {self.model_name}{' / ' + self.variant if self.variant else ''}, "
+                 f"{summary['epochs']} epochs, budget {budget if budget is not None else 'none'} min, "
+                 f"{info['process_cpu_seconds']:.0f} CPU s on {info['hardware']['cpu_model']} "
+                 f"({info['hardware']['torch_threads']} thread(s))")
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
