@@ -97,6 +97,7 @@ def test_torchrun_two_processes_gloo(tiny_dataset, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "veloxseg", "train", str(tiny_dataset), "--output", str(out), "--epochs", "2",
            "--patch-size", "32", "32", "32", "--batch-size", "1", "--val-fraction", "0.5", "--val-every", "1",
+           "--iterations", "2",
            "--threads", "1", "--no-progress", "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

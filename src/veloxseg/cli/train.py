@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     split = p.add_mutually_exclusive_group()
     split.add_argument("--fold", type=int, help="5-fold cross-validation fold 0-4 (-1: train on all cases)")
     split.add_argument("--val-fraction", type=float, help="fraction of cases held out for validation (default 0.2)")
+    p.add_argument("--iterations", type=int,
+                   help="optimizer steps per epoch (default: one pass over the training cases; "
+                        "raise it for datasets with few cases)")
     p.add_argument("--num-folds", type=int, help="folds of the cross-validation --fold picks from (default 5)")
     p.add_argument("--val-every", type=int, help="validate every N epochs (default 5)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 2.5e-4)")
@@ -46,8 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-OVERRIDABLE = ("model", "variant", "num_folds", "preset", "epochs", "patch_size", "spacing", "batch_size", "fold", "val_fraction", "val_every", "lr",
-               "device", "threads", "seed", "cache", "num_workers", "max_minutes", "amp", "progress")
+OVERRIDABLE = ("model", "variant", "num_folds", "preset", "epochs", "patch_size", "spacing", "batch_size", "fold", "val_fraction", "iterations",
+               "val_every", "lr", "device", "threads", "seed", "cache", "num_workers", "max_minutes", "amp", "progress")
 
 
 def build_config(args: argparse.Namespace) -> Any:

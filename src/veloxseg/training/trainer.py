@@ -61,6 +61,7 @@ class TrainConfig:
     amp: bool = True  # only on CUDA
     cache: str = "memory"  # memory | disk | none
     num_workers: int = 0
+    iterations: int | None = None  # optimizer steps per epoch; None: one pass over the training cases
     progress: bool = True
     max_minutes: float | None = None  # stop (and shorten the schedule) to fit this wall-clock budget
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -103,6 +104,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RepeatDataset(torch.utils.data.Dataset):
+    """``dataset`` repeated ``times`` times, so an epoch can hold more steps than cases (small datasets)."""
+
+    def __init__(self, dataset: Any, times: int) -> None:
+        self.dataset = dataset
+        self.times = max(1, int(times))
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.times
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index % len(self.dataset)]
 
 
 class Trainer:
@@ -232,11 +247,16 @@ class Trainer:
         cache = self.config.cache
         quiet = not self.progress_enabled()
         if cache == "memory":
-            self.train_ds = CacheDataset(train, transform, num_workers=None, progress=not quiet, copy_cache=True)
+            # one caching thread: loading several multi-file cases in parallel threads occasionally
+            # returned a case with a channel missing (MONAI/nibabel loading is not thread-safe)
+            self.train_ds = CacheDataset(train, transform, num_workers=0, progress=not quiet, copy_cache=True)
         elif cache == "disk":
             self.train_ds = PersistentDataset(train, transform, cache_dir=self.output / "cache")
         else:
             self.train_ds = Dataset(train, transform)
+        if self.config.iterations:
+            per_pass = max(1, math.ceil(len(train) / (self.config.batch_size * self.world_size)))
+            self.train_ds = RepeatDataset(self.train_ds, math.ceil(self.config.iterations / per_pass))
         self.sampler = DistributedSampler(self.train_ds, num_replicas=self.world_size, rank=self.rank,
                                           shuffle=True, seed=self.config.seed, drop_last=False)
         self.train_loader = DataLoader(self.train_ds, batch_size=self.config.batch_size, sampler=self.sampler,
@@ -439,15 +459,21 @@ class Trainer:
         """With ``max_minutes``: fit the number of epochs (and the cosine schedule) to the time left.
 
         Uses the mean wall-clock time of the epochs so far (validations included; the first epoch,
-        which pays for warm-up, only while it is the only one), keeps time for a final validation,
-        and never goes beyond ``config.epochs``. Called after every epoch.
+        which pays for warm-up, only while it is the only one) and keeps time for a final
+        validation. Called after every epoch; it only ever shortens the run, so the cosine does not
+        restart.
         """
         elapsed = time.time() - self._t0
-        times = self._epoch_seconds[1:] or self._epoch_seconds
-        per_epoch = sum(times) / len(times)
-        remaining = self.config.max_minutes * 60.0 - elapsed - self._last_val_seconds  # type: ignore[operator]
-        fit = min(self.config.epochs, epoch + 1 + max(0, int(remaining / per_epoch)))
-        fit = dist_utils.broadcast_object(fit)  # every rank must stop after the same epoch
+        fit: int | None = None
+        # the first epoch pays for warm-up: wait for a second measurement unless time is already up
+        if len(self._epoch_seconds) >= 2 or elapsed >= self.config.max_minutes * 60.0:  # type: ignore[operator]
+            times = self._epoch_seconds[1:] or self._epoch_seconds
+            per_epoch = sum(times) / len(times)
+            remaining = self.config.max_minutes * 60.0 - elapsed - self._last_val_seconds  # type: ignore[operator]
+            fit = min(self.epochs, epoch + 1 + max(0, int(remaining / per_epoch)))
+        fit = dist_utils.broadcast_object(fit)  # rank 0 decides: every rank stops after the same epoch
+        if fit is None:
+            return
         if fit != self.epochs:
             self.epochs = fit
             sched: WarmupCosine = self.scheduler.lr_lambdas[0]  # type: ignore[assignment]
