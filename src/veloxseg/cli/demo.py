@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -24,10 +25,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cases", type=int, default=16, help="training cases (default 16)")
     p.add_argument("--test-cases", type=int, default=4, help="held-out test cases (default 4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (default: the cores not already busy, at least 1; an oversubscribed CPU "
+                        "trains several times slower than one thread per free core)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def free_cores() -> int:
+    """CPU cores not already busy (1-minute load average), at least 1."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return cores
+    return max(1, min(cores, cores - int(load + 0.5)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.inference import predict_case
 
     t0 = time.time()
+    threads = args.threads or free_cores()
     out = Path(args.output)
     data = out / "Dataset900_DemoPETCT"
     for sub in (data, out / "run", out / "predictions"):  # the demo's own folders: start afresh
@@ -53,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     train_minutes = args.minutes - (time.time() - t0) / 60 - PREDICT_RESERVE_MIN
     if train_minutes <= 0.1:
         raise InputError(f"--minutes {args.minutes:g} leaves no time to train")
-    print(f"[2/3] training for at most {train_minutes:.1f} min", flush=True)
+    print(f"[2/3] training for at most {train_minutes:.1f} min with {threads} thread(s)", flush=True)
     config = TrainConfig(dataset=str(data), output=str(out / "run"), epochs=400, patch_size=list(DEMO_PATCH),
                          lr=2e-3, min_lr=1e-5, warmup_epochs=2, val_fraction=0.125, val_every=10,
-                         device=args.device, threads=args.threads, seed=args.seed, progress=args.progress,
+                         device=args.device, threads=threads, seed=args.seed, progress=args.progress,
                          max_minutes=train_minutes)
     trainer = Trainer(config)
     try:
