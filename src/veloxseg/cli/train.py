@@ -44,13 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-minutes", "--time-budget", type=float, dest="max_minutes", metavar="MINUTES",
                    help="wall-clock training budget: the epochs and the cosine schedule are fitted to it "
                         "(recorded with the epochs reached and the hardware in RUN_DIR/run_info.json)")
+    p.add_argument("--budget-clock", choices=("wall", "cpu"),
+                   help="what --time-budget counts: wall-clock time (default) or this process's CPU time "
+                        "(fair between runs on a shared, loaded machine)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on CUDA")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.set_defaults(func=run)
 
 
-OVERRIDABLE = ("model", "variant", "num_folds", "preset", "epochs", "patch_size", "spacing", "batch_size", "fold", "val_fraction", "iterations",
-               "val_every", "lr", "device", "threads", "seed", "cache", "num_workers", "max_minutes", "amp", "progress")
+OVERRIDABLE = ("model", "variant", "num_folds", "budget_clock", "preset", "epochs", "patch_size", "spacing",
+               "batch_size", "fold", "val_fraction", "iterations", "val_every", "lr", "device", "threads", "seed", "cache", "num_workers", "max_minutes", "amp", "progress")
 
 
 def build_config(args: argparse.Namespace) -> Any:

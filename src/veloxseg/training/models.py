@@ -133,10 +133,54 @@ class ModelTrainer(Trainer):
             payload["variant"] = self.variant
         return payload
 
+    def validate(self) -> dict[str, float | None]:
+        """:meth:`Trainer.validate`, timing its CPU cost (kept in reserve by a CPU-time budget)."""
+        t = _cpu_seconds()
+        result = super().validate()
+        self._val_cpu = _cpu_seconds() - t
+        return result
+
+    def fit_time_budget(self, epoch: int) -> None:
+        """With ``budget_clock="cpu"`` the budget counts this process's CPU seconds, not wall-clock seconds.
+
+        On a shared machine a wall-clock budget gives each run whatever CPU the others leave it; a
+        CPU-time budget gives every run the same compute however loaded the machine is. Same rule as
+        :meth:`Trainer.fit_time_budget`: mean CPU per epoch (validations included, the first epoch
+        left out), a final validation kept in reserve, the run only ever shortened.
+        """
+        if self.config.budget_clock != "cpu":
+            super().fit_time_budget(epoch)
+            return
+        from . import distributed as dist_utils
+
+        now = _cpu_seconds()
+        self._cpu_marks.append(now)
+        elapsed = now - self._cpu_marks[0]
+        budget = float(self.config.max_minutes) * 60.0  # type: ignore[arg-type]
+        fit: int | None = None
+        if len(self._cpu_marks) >= 3 or elapsed >= budget:
+            steps = [b - a for a, b in zip(self._cpu_marks[1:], self._cpu_marks[2:])] or [elapsed]
+            per_epoch = max(sum(steps) / len(steps), 1e-6)
+            remaining = budget - elapsed - self._val_cpu
+            fit = min(self.epochs, epoch + 1 + max(0, int(remaining / per_epoch)))
+        fit = dist_utils.broadcast_object(fit)
+        if fit is None or fit == self.epochs:
+            return
+        self.epochs = fit
+        self.scheduler.lr_lambdas[0].epochs = fit  # type: ignore[attr-defined]
+        if self._bar is not None:
+            self._bar.total = self.epochs * len(self.train_loader)
+
     def run_training(self, stop_after: int | None = None) -> dict[str, Any]:
         """:meth:`Trainer.run_training`, then ``run_info.json`` (budget, epochs reached, hardware)."""
+        if self.config.budget_clock not in ("wall", "cpu"):
+            raise InputError(f"budget_clock must be wall or cpu, got {self.config.budget_clock!r}")
+        if not self.initialized:
+            self.initialize()
         cpu0 = _cpu_seconds()
         load0 = _load()
+        self._cpu_marks = [cpu0]
+        self._val_cpu = 0.0
         summary = super().run_training(stop_after=stop_after)
         if self.is_main:
             self.write_run_info(summary, _cpu_seconds() - cpu0, load0)
@@ -149,7 +193,7 @@ class ModelTrainer(Trainer):
         info = {
             "model": self.model_name, "variant": self.variant,
             "parameters": sum(p.numel() for p in self.network.parameters()),
-            "time_budget_minutes": budget, "epochs_max": c.epochs, "epochs_reached": summary["epochs"],
+            "time_budget_minutes": budget, "budget_clock": c.budget_clock, "epochs_max": c.epochs, "epochs_reached": summary["epochs"],
             "stopped_by_time_budget": bool(budget is not None and summary["epochs"] < c.epochs),
             "iterations_per_epoch": len(self.train_loader), "batch_size": c.batch_size,
             "crops_per_volume": c.num_samples,
@@ -164,7 +208,7 @@ class ModelTrainer(Trainer):
         }
         (self.output / "run_info.json").write_text(json.dumps(info, indent=2))
         self.log(f"run info: {self.model_name}{' / ' + self.variant if self.variant else ''}, "
-                 f"{summary['epochs']} epochs, budget {budget if budget is not None else 'none'} min, "
+                 f"{summary['epochs']} epochs, budget {budget if budget is not None else 'none'} min ({c.budget_clock}), "
                  f"{info['process_cpu_seconds']:.0f} CPU s on {info['hardware']['cpu_model']} "
                  f"({info['hardware']['torch_threads']} thread(s))")
 

@@ -68,6 +68,7 @@ class TrainConfig:
     model: str = "veloxseg"  # or a MONAI baseline (veloxseg.baselines.BASELINES); see training.models
     variant: str | None = None  # an ablation variant of VeloxSeg (veloxseg.variants.VARIANTS)
     num_folds: int = 5  # folds of the k-fold split that ``fold`` picks from
+    budget_clock: str = "wall"  # max_minutes of wall-clock time, or "cpu": of this process's CPU time (ModelTrainer)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -1,0 +1,417 @@
+"""Write ``docs/results.md`` and ``docs/results_dice_vs_time.png`` from ``experiments/results/``.
+
+Called by ``run_experiments.py`` after every run (so the document is always up to date, and says
+when it is partial); can be run on its own:
+
+    python experiments/make_results.py [--results experiments/results] [--out docs/results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+MAIN_ORDER = ("veloxseg", "unet", "segresnet", "swinunetr", "dynunet")
+LABELS = {"veloxseg": "VeloxSeg", "unet": "UNet", "segresnet": "SegResNet", "swinunetr": "SwinUNETR",
+          "dynunet": "DynUNet (nnU-Net)", "unetr": "UNETR"}
+ABLATION_ORDER = ("conv-only", "multiscale", "jl-groups", "pwa", "unified-upsampling", "full",
+                  "groups-8-16-16-32", "teachers-no-gram")
+
+
+def load(results: Path) -> dict[str, list[dict]]:
+    """Result records by group."""
+    out: dict[str, list[dict]] = {}
+    for p in sorted(results.glob("*/*.json")):
+        try:
+            out.setdefault(p.parent.name, []).append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def arch(rec: dict) -> str:
+    return rec["job"]["variant"] or rec["job"]["model"]
+
+
+def case_dice(rec: dict) -> dict[str, float]:
+    """Per case: Dice averaged over the foreground labels with a defined Dice."""
+    out = {}
+    for case, c in rec["cases"].items():
+        vals = [v["dice"] for v in c["labels"].values() if v["dice"] is not None]
+        if vals:
+            out[case] = sum(vals) / len(vals)
+    return out
+
+
+def case_hd95(rec: dict) -> dict[str, float]:
+    out = {}
+    for case, c in rec["cases"].items():
+        vals = [v["hd95_mm"] for v in c["labels"].values() if v["hd95_mm"] is not None]
+        if vals:
+            out[case] = sum(vals) / len(vals)
+    return out
+
+
+def mean_sd(xs: list[float]) -> tuple[float, float]:
+    if not xs:
+        return math.nan, math.nan
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else math.nan)
+
+
+def fmt(m: float, s: float | None = None, digits: int = 3) -> str:
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return "–"
+    if s is None or math.isnan(s):
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def summarize(recs: list[dict]) -> dict:
+    """Per-architecture pooled per-case scores, fold means, timings."""
+    by: dict[str, dict] = {}
+    for r in recs:
+        a = arch(r)
+        e = by.setdefault(a, {"dice": {}, "hd95": {}, "fold_dice": {}, "seconds": {}, "epochs": [], "cpu": [],
+                              "wall": [], "params": r["run_info"]["parameters"], "best_val": [], "folds": []})
+        d = case_dice(r)
+        e["dice"].update(d)
+        e["hd95"].update(case_hd95(r))
+        e["fold_dice"][r["job"]["fold"]] = statistics.fmean(d.values()) if d else math.nan
+        e["seconds"].update({c: v["seconds"] for c, v in r["cases"].items()})
+        e["epochs"].append(r["run_info"]["epochs_reached"])
+        e["cpu"].append(r["run_info"]["process_cpu_seconds"])
+        e["wall"].append(r["run_info"]["train_wall_seconds"])
+        if r["run_info"].get("best_val_dice") is not None:
+            e["best_val"].append(r["run_info"]["best_val_dice"])
+        e["folds"].append(r["job"]["fold"])
+    return by
+
+
+def paired(a: dict[str, float], b: dict[str, float]) -> tuple[list[float], list[str]]:
+    common = sorted(set(a) & set(b))
+    return [a[c] - b[c] for c in common], common
+
+
+def noise_verdict(diffs: list[float]) -> str:
+    """Paired per-case difference: mean ± 2 standard errors; 'within noise' when that interval holds 0."""
+    if len(diffs) < 2:
+        return "n/a"
+    m, s = mean_sd(diffs)
+    se = s / math.sqrt(len(diffs))
+    lo, hi = m - 2 * se, m + 2 * se
+    return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] {'within noise' if lo <= 0 <= hi else 'beyond noise'}"
+
+
+def plot(groups: dict[str, list[dict]], path: Path) -> bool:
+    """Dice against inference seconds, one point per case, for every model trained on HecktorMini."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = groups.get("hecktor", []) + groups.get("ablation", [])
+    if not recs:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    archs = [a for a in (*MAIN_ORDER, *ABLATION_ORDER) if any(arch(r) == a for r in recs)]
+    cmap = plt.get_cmap("tab20")
+    for i, a in enumerate(archs):
+        mine = [r for r in recs if arch(r) == a]
+        xs, ys = [], []
+        for r in mine:
+            d = case_dice(r)
+            for c, v in d.items():
+                xs.append(r["cases"][c]["seconds"])
+                ys.append(v)
+        if not xs:
+            continue
+        baseline = a in MAIN_ORDER and a != "veloxseg"
+        marker = "s" if baseline else ("*" if a == "veloxseg" else "o")
+        ax.scatter(xs, ys, s=18, alpha=0.35, color=cmap(i), marker=marker)
+        ax.scatter([statistics.fmean(xs)], [statistics.fmean(ys)], s=140 if a == "veloxseg" else 70,
+                   color=cmap(i), marker=marker, edgecolor="black",
+                   label=LABELS.get(a, a if a not in ABLATION_ORDER else f"ablation: {a}"))
+    ax.set_xscale("log")
+    ax.set_xlabel("inference seconds per case (1 thread, read + preprocess + sliding window + write; log)")
+    ax.set_ylabel("Dice (GTVt), held-out case")
+    ax.set_title("HecktorMini, 3-fold CV, equal CPU training time per run\n(small: cases; large: model mean)")
+    ax.set_ylim(-0.02, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def machine(recs: list[dict]) -> list[str]:
+    if not recs:
+        return []
+    hw = recs[0]["run_info"]["hardware"]
+    loads = [r["run_info"]["hardware"].get("load_average_at_start") for r in recs]
+    loads1 = sorted(x[0] for x in loads if x)
+    cpu = [r["run_info"]["process_cpu_seconds"] / max(r["run_info"]["train_wall_seconds"], 1e-9) for r in recs]
+    lines = [f"- CPU: {hw['cpu_model']}, {hw['logical_cores']} logical cores ({hw['usable_cores']} usable); "
+             f"torch {hw['torch']}, MONAI {hw['monai']}, Python {hw['python']}; {hw['platform']}.",
+             f"- Every run: `--threads {recs[0]['job']['threads']}` (torch threads "
+             f"{hw['torch_threads']}), up to three runs at a time (at most one SwinUNETR or DynUNet, for memory)."]
+    if loads1:
+        lines.append(f"- The machine was shared: the 1-minute load average when runs started was "
+                     f"{loads1[0]:.1f}–{loads1[-1]:.1f} (median {statistics.median(loads1):.1f}) on "
+                     f"{hw['logical_cores']} cores (other engineers' builds, tests and benchmarks). A run's "
+                     f"process got {min(cpu):.0%}–{max(cpu):.0%} (median {statistics.median(cpu):.0%}) of one core "
+                     f"while it trained — which is why the budgets count CPU seconds, not wall-clock seconds.")
+    return lines
+
+
+def render(groups: dict[str, list[dict]], out: Path, png: Path, expected: int | None) -> str:
+    from run_experiments import all_jobs
+
+    hecktor, ablation = groups.get("hecktor", []), groups.get("ablation", [])
+    seeds, brats = groups.get("seeds", []), groups.get("brats", [])
+    every = [r for g in groups.values() for r in g]
+    n_done = len(every)
+    planned = all_jobs(every[0]["job"]["budget_min"] if every else 1.5, 1,
+                       ["hecktor", "ablation", "seeds", "brats"])
+    n_planned = expected or len(planned)
+    have_plot = plot(groups, png)
+    budget = every[0]["job"]["budget_min"] if every else None
+    L: list[str] = ["# Accuracy on real scans: VeloxSeg against the baselines at equal training time, and the ablation",
+                    "",
+                    "*Generated by `experiments/make_results.py` from `experiments/results/` (written by "
+                    "`experiments/run_experiments.py`); do not edit by hand.*", ""]
+    if n_done < n_planned:
+        L += [f"> **PARTIAL RESULTS**: {n_done} of the {n_planned} planned runs have finished "
+              f"(updated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). Missing runs are missing from "
+              f"the tables; `python experiments/run_experiments.py` continues where this stopped.", ""]
+    L += ["## Set-up", "",
+          "- **Data**: `Dataset501_HecktorMini` (6 real head-and-neck PET/CT cases, 64³ at 3.344 mm, primary "
+          "tumour GTVt); 3-fold cross-validation (`--num-folds 3 --fold K`: 4 training, 2 held-out cases per "
+          "fold; every case is held out exactly once). `Dataset502_BratsMini` (4 BRATS cases, FLAIR + T1c, "
+          "4 tumour classes) leave-one-out (`--num-folds 4`), resampled to **3 mm** (`--spacing 3 3 3`, "
+          "27× fewer voxels than the native 1 mm) so that it fits a CPU budget.",
+          f"- **Budget**: every run trains for **{budget:g} minutes of its own CPU time** (`--time-budget "
+          f"{budget:g} --budget-clock cpu`, one thread; the number of epochs and the cosine schedule are fitted "
+          "to it; the last epoch and the final validation may overrun by one epoch). CPU time rather than "
+          "wall-clock time because the machine was shared with other jobs whose load varied during the "
+          "session: a CPU budget gives every model the same compute however busy the machine was (wall-clock "
+          "seconds per run are in the raw results). Same pipeline for every model: target spacing from the "
+          "plan (the data's 3.344 mm), **patch 32×32×64** (the plan's 64³ is the whole volume; the smaller "
+          "patch makes positive crops 4× richer in tumour and steps 4× cheaper), 1:1 positive:negative crops, "
+          "rotations and flips, AdamW (peak lr 2e-3 for every model, as the built-in demo uses for runs of "
+          "minutes; weight decay 0.01; warm-up then cosine), batch 2 volumes × 2 crops, at most 200 epochs, "
+          "validation every 10 epochs." if budget is not None else "- **Budget**: no run finished yet.",
+          "- **Losses**: VeloxSeg and its variants: the VeloxSeg loss (deep-supervised Dice+CE, reconstruction, "
+          "Gram/SDKT; variants without teachers have only Dice+CE); baselines: Dice+CE (DynUNet with nnU-Net's "
+          "deep supervision).",
+          "- **Scoring**: the *final* weights of each run (`checkpoint_last.pt`, so the held-out cases never pick "
+          "the epoch) predict the fold's held-out cases with `veloxseg.inference.Predictor` (what `veloxseg "
+          "predict` runs; Gaussian sliding window, overlap 0.25, 1 thread) in the original grid; "
+          "`veloxseg.evaluation.evaluate_folders` (what `veloxseg evaluate` runs) gives Dice and HD95 (mm). HD95 "
+          "is undefined when the prediction is empty; such cases are left out of the HD95 mean (n given). "
+          "Inference time per case includes reading, preprocessing and writing.",
+          "- **Spread**: ± is the standard deviation over the held-out cases (6 for HecktorMini); fold means are "
+          "listed too. *Within noise*: the paired per-case difference's mean ± 2 standard errors includes 0.",
+          ""]
+    L += ["## Machine and load", "", *machine(every), ""]
+    L += ["## Commands", "", "```bash",
+          "# everything (resumable: finished runs are skipped), 3 runs at a time, 1 thread each",
+          f"python experiments/run_experiments.py --budget {budget if budget is not None else 1.5:g} "
+          "--parallel 3 --threads 1 --work /tmp/veloxseg-exp",
+          "python experiments/make_results.py        # this document and the plot, from experiments/results/",
+          "", "# one run, e.g. UNet on fold 0 (what the script runs for every model and variant):"]
+    ex = next((r for r in hecktor if r["job"]["model"] == "unet"), None) or (every[0] if every else None)
+    if ex:
+        L.append(ex["command"])
+        abl = next((r for r in ablation), None)
+        if abl:
+            L.append(abl["command"])
+    L += ["veloxseg predict -m RUN/checkpoint_last.pt -i INPUT_DIR -o PRED_DIR --overlap 0.25 --threads 1",
+          "veloxseg evaluate --pred PRED_DIR --ref ../shared/data/Dataset501_HecktorMini/labelsTr", "```", ""]
+
+    # --- main comparison
+    s = summarize(hecktor)
+    L += ["## 1. HecktorMini: VeloxSeg and the MONAI baselines at equal training time", ""]
+    if s:
+        L += ["| model | params (M) | epochs reached | training CPU s / run | Dice (6 cases) | fold means | HD95 mm (n) "
+              "| inference s / case | best val Dice in training* |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for a in MAIN_ORDER:
+            if a not in s:
+                continue
+            e = s[a]
+            dm, ds = mean_sd(list(e["dice"].values()))
+            hm, hs = mean_sd(list(e["hd95"].values()))
+            folds = ", ".join(f"{e['fold_dice'][k]:.2f}" for k in sorted(e["fold_dice"]))
+            L.append(f"| {LABELS[a]} | {e['params'] / 1e6:.2f} | {fmt(*mean_sd(e['epochs']), digits=1)} | "
+                     f"{statistics.fmean(e['cpu']):.0f} | {fmt(dm, ds)} | {folds} | "
+                     f"{fmt(hm, hs, 1)} ({len(e['hd95'])}) | {statistics.fmean(e['seconds'].values()):.2f} | "
+                     f"{fmt(*mean_sd(e['best_val']))} |")
+        L += ["", "\\* the best validation Dice seen during training (validation every 5 epochs on the same "
+              "held-out cases, in the resampled grid): optimistic, because it picks the epoch on those cases; "
+              "the Dice column uses the final weights instead.", ""]
+        L += headline(s, groups)
+        cases = sorted({c for e in s.values() for c in e["dice"]})
+        L += ["### Per case (Dice)", "", "| case | " + " | ".join(LABELS[a] for a in MAIN_ORDER if a in s) + " |",
+              "|---|" + "---|" * sum(a in s for a in MAIN_ORDER)]
+        for c in cases:
+            L.append(f"| {c} | " + " | ".join(fmt(s[a]["dice"].get(c, math.nan)) for a in MAIN_ORDER if a in s)
+                     + " |")
+        L.append("")
+    else:
+        L += ["No run of this group has finished yet.", ""]
+    if have_plot:
+        L += ["## 2. Dice against inference time", "", f"![Dice vs inference time]({png.name})", "",
+              "One small point per held-out case, one large point per model (mean). Inference ran one thread "
+              "per process while another run trained beside it on a shared machine, so absolute seconds are "
+              "inflated; the ordering between models is the useful part (see docs/benchmarks.md for clean "
+              "timings).", ""]
+    L += ablation_section(s, summarize(ablation))
+    if seeds:
+        L += seeds_section(s, summarize(seeds))
+    L += brats_section(brats)
+    L += ["## What is not shown", "",
+          "- Budgets of about a CPU-minute and a half on a shared 2-core CPU: every network here is far from converged, and the ranking "
+          "at longer budgets can differ (large networks gain most from more time). The comparison answers "
+          "\"what does a CPU user get in the same few minutes\", not the paper's full-training question.",
+          "- Six (HecktorMini) and four (BratsMini) cases: differences of a few Dice points are within the noise "
+          "(see the intervals). UNETR was not trained (too slow at 64³ on this CPU to learn in minutes).",
+          "- No per-model tuning: one learning rate (2e-3) and recipe for all.", ""]
+    text = "\n".join(L)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text
+
+
+def headline(s: dict, groups: dict[str, list[dict]]) -> list[str]:
+    if "veloxseg" not in s or "unet" not in s:
+        return ["**VeloxSeg vs UNet**: not both trained yet.", ""]
+    v, u = s["veloxseg"], s["unet"]
+    diffs, common = paired(v["dice"], u["dice"])
+    vm, um = statistics.fmean(v["dice"][c] for c in common), statistics.fmean(u["dice"][c] for c in common)
+    wins = sum(d > 0 for d in diffs)
+    verdict = "at least" if vm >= um else "below"
+    L = [f"**VeloxSeg vs MONAI UNet (same {groups['hecktor'][0]['job']['budget_min']:g} CPU-minute budget)**: "
+         f"mean held-out Dice {vm:.3f} vs {um:.3f} over {len(common)} cases — VeloxSeg is **{verdict}** UNet's, "
+         f"by {vm - um:+.3f} (paired difference {noise_verdict(diffs)}; VeloxSeg better on {wins} of "
+         f"{len(common)} cases). VeloxSeg reached {statistics.fmean(v['epochs']):.0f} epochs and UNet "
+         f"{statistics.fmean(u['epochs']):.0f} in the same time; VeloxSeg has {v['params'] / 1e6:.2f} M "
+         f"parameters, UNet {u['params'] / 1e6:.2f} M."]
+    if vm < um:
+        L[-1] += (" **VeloxSeg's Dice is lower than UNet's at this budget.** What was tried: the paper's recipe "
+                  "with one shared learning rate (2e-3), the same budget per fold, 3 folds, a second seed (below, "
+                  "when it ran); no per-model tuning.")
+    L.append("")
+    return L
+
+
+def ablation_section(main: dict, abl: dict) -> list[str]:
+    from veloxseg.variants import VARIANTS
+
+    s = dict(abl)
+    if "veloxseg" in main:
+        s["full"] = main["veloxseg"]
+    L = ["## 3. Ablation on HecktorMini (same folds, same budget)", ""]
+    if not abl:
+        return L + ["No ablation run has finished yet.", ""]
+    L += ["The \"full\" row is the VeloxSeg run of section 1 (same folds, seed and budget). Paper: AutoPET-II "
+          "Dice % after full training (ARCHITECTURE.md section 6); ours: HecktorMini held-out Dice after "
+          "minutes. Δ: paired per-case difference to the row above (controls: to the row they modify) — mean "
+          "[± 2 SE].", "",
+          "| configuration | paper Dice % | paper Δ | ours Dice | fold means | epochs | params (M) | ours Δ |",
+          "|---|---|---|---|---|---|---|---|"]
+    prev = {"multiscale": "conv-only", "jl-groups": "multiscale", "pwa": "jl-groups",
+            "unified-upsampling": "pwa", "full": "unified-upsampling", "groups-8-16-16-32": "jl-groups",
+            "teachers-no-gram": "full"}
+    for a in ABLATION_ORDER:
+        var = VARIANTS[a]
+        pd = var.paper[2] if var.paper else None
+        pp = prev.get(a)
+        pdelta = (f"{pd - VARIANTS[pp].paper[2]:+.2f} vs {pp}" if pp and pd is not None and VARIANTS[pp].paper
+                  else "")
+        if a not in s:
+            L.append(f"| {var.description} | {pd:.2f} | {pdelta} | not run | | | | |")
+            continue
+        e = s[a]
+        folds = ", ".join(f"{e['fold_dice'][k]:.2f}" for k in sorted(e["fold_dice"]))
+        delta = ""
+        if pp and pp in s:
+            delta = noise_verdict(paired(e["dice"], s[pp]["dice"])[0]) + f" vs {pp}"
+        L.append(f"| {var.description} | {pd:.2f} | {pdelta} | {fmt(*mean_sd(list(e['dice'].values())))} | "
+                 f"{folds} | {statistics.fmean(e['epochs']):.0f} | {e['params'] / 1e6:.2f} | {delta} |")
+    L.append("")
+    if "full" in s:
+        worst = [a for a in ABLATION_ORDER if a in s and a != "full"
+                 and "beyond" in noise_verdict(paired(s["full"]["dice"], s[a]["dice"])[0])]
+        L.append("Against the full model, the differences beyond noise (paired, ±2 SE) are: "
+                 + (", ".join(f"{a} ({noise_verdict(paired(s['full']['dice'], s[a]['dice'])[0]).split(' [')[0]})"
+                              for a in worst) if worst else "none")
+                 + "; everything else is within the noise of 6 cases at this budget.")
+        L.append("")
+    return L
+
+
+def seeds_section(main: dict, seeds: dict) -> list[str]:
+    L = ["## 4. A second seed (VeloxSeg and UNet, HecktorMini)", "",
+         "| model | seed 0 Dice | seed 1 Dice | both seeds (12 case-runs) |", "|---|---|---|---|"]
+    for a in ("veloxseg", "unet"):
+        if a not in seeds:
+            continue
+        s0 = list(main.get(a, {}).get("dice", {}).values())
+        s1 = list(seeds[a]["dice"].values())
+        L.append(f"| {LABELS[a]} | {fmt(*mean_sd(s0))} | {fmt(*mean_sd(s1))} | {fmt(*mean_sd(s0 + s1))} |")
+    if "veloxseg" in seeds and "unet" in seeds:
+        d, common = paired(seeds["veloxseg"]["dice"], seeds["unet"]["dice"])
+        L += ["", f"Seed 1, VeloxSeg − UNet over {len(common)} cases: {noise_verdict(d)}."]
+    L.append("")
+    return L
+
+
+def brats_section(recs: list[dict]) -> list[str]:
+    L = ["## 5. BratsMini (FLAIR + T1c, 4 classes, leave-one-out, 3 mm)", ""]
+    if not recs:
+        return L + ["Not run in this session (the runs are queued last; `python experiments/run_experiments.py "
+                    "--groups brats` runs them).", ""]
+    names = {"1": "necrosis", "2": "edema", "3": "non-enh.", "4": "enhancing"}
+    L += ["| model | held-out case | " + " | ".join(names.values()) + " | mean over classes | epochs |",
+          "|---|---|" + "---|" * (len(names) + 2)]
+    by_model: dict[str, list[float]] = {}
+    for r in sorted(recs, key=lambda r: (MAIN_ORDER.index(r["job"]["model"]), r["job"]["fold"])):
+        for case, c in r["cases"].items():
+            vals = [c["labels"].get(k, {}).get("dice") for k in names]
+            defined = [v for v in vals if v is not None]
+            m = statistics.fmean(defined) if defined else math.nan
+            by_model.setdefault(r["job"]["model"], []).append(m)
+            L.append(f"| {LABELS[r['job']['model']]} | {case} | " + " | ".join(fmt(v if v is not None else math.nan)
+                                                                              for v in vals)
+                     + f" | {fmt(m)} | {r['run_info']['epochs_reached']} |")
+    L.append("")
+    L.append("Mean over cases: " + "; ".join(f"{LABELS[m]} {fmt(*mean_sd(v))}" for m, v in by_model.items())
+             + ". Classes absent from a case's reference and prediction have no Dice (–).")
+    L.append("")
+    return L
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", type=Path, default=HERE / "results")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "results.md")
+    ap.add_argument("--expected", type=int, default=None, help="planned number of runs (default: the full plan)")
+    a = ap.parse_args()
+    render(load(a.results), a.out, a.out.with_name("results_dice_vs_time.png"), a.expected)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The accuracy-experiment scripts (experiments/): the run plan, the document generator, the CPU-time budget."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_data import make_tiny_dataset
+from veloxseg.training import ModelTrainer, TrainConfig
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import make_results  # noqa: E402
+import run_experiments  # noqa: E402
+
+HW = {"cpu_model": "Test CPU", "logical_cores": 2, "usable_cores": 2, "torch_threads": 1, "torch": "2.x",
+      "monai": "1.x", "python": "3.11", "platform": "Linux", "load_average_at_start": [1.0, 1.0, 1.0]}
+
+
+def record(model, variant, fold, dices, seconds=0.5, group="hecktor", params=1_000_000):
+    job = run_experiments.Job(group, "/data/Dataset501_HecktorMini", model, variant, fold, 3, 0, 1.5, 1)
+    return {
+        "job": job.__dict__, "name": job.name, "command": "veloxseg " + " ".join(job.train_args(Path("/tmp/run"))),
+        "run_info": {"parameters": params, "epochs_reached": 10, "process_cpu_seconds": 90.0,
+                     "train_wall_seconds": 120.0, "best_val_dice": max(dices.values()), "hardware": HW},
+        "cases": {c: {"seconds": seconds, "labels": {"1": {"dice": d, "hd95_mm": 5.0 if d > 0 else None,
+                                                           "reference_voxels": 100, "predicted_voxels": 90}}}
+                  for c, d in dices.items()},
+    }
+
+
+def write(results: Path, rec: dict) -> None:
+    p = results / rec["job"]["group"] / f"{rec['name']}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(rec))
+
+
+def test_plan_covers_every_model_and_variant_on_the_same_folds():
+    jobs = run_experiments.all_jobs(1.5, 1, ["hecktor", "ablation"])
+    main = {(j.model, j.fold) for j in jobs if j.group == "hecktor"}
+    assert main == {(m, k) for m in run_experiments.MAIN_MODELS for k in range(3)}
+    abl = {(j.variant, j.fold) for j in jobs if j.group == "ablation"}
+    assert abl == {(v, k) for v in run_experiments.ABLATION for k in range(3)}
+    args = jobs[0].train_args(Path("/tmp/r"))
+    assert args[:2] == ["train", str(run_experiments.HECKTOR)]
+    for flag in ("--time-budget", "--budget-clock", "--num-folds", "--fold", "--threads", "--model"):
+        assert flag in args
+    assert len({j.name for j in jobs if j.group == "ablation"}) == len(run_experiments.ABLATION) * 3
+
+
+def test_results_document_tables_headline_plot_and_partial_label(tmp_path):
+    results = tmp_path / "results"
+    cases = [("a", "b"), ("c", "d"), ("e", "f")]
+    for k, (x, y) in enumerate(cases):
+        write(results, record("veloxseg", None, k, {x: 0.6, y: 0.5}, seconds=0.2))
+        write(results, record("unet", None, k, {x: 0.5, y: 0.45}, seconds=0.3, params=4_800_000))
+        write(results, record("veloxseg", "conv-only", k, {x: 0.3, y: 0.2}, group="ablation"))
+    out = tmp_path / "docs" / "results.md"
+    text = make_results.render(make_results.load(results), out, out.with_name("results_dice_vs_time.png"), None)
+    assert out.read_text() == text
+    assert (tmp_path / "docs" / "results_dice_vs_time.png").stat().st_size > 1000
+    assert "PARTIAL RESULTS" in text and "9 of the" in text
+    assert "VeloxSeg is **at least** UNet's, by +0.075" in text
+    assert "| VeloxSeg | 1.00 |" in text and "| UNet | 4.80 |" in text
+    assert "0.550 ± 0.055" in text  # mean ± sd over the 6 held-out cases
+    assert "| conv only, widths <16, 32, 64, 128>, depthwise groups | 50.10 |" in text
+    assert "beyond noise vs conv-only" not in text  # no row above conv-only
+    assert "Test CPU" in text and "--budget-clock cpu" in text
+
+    # complete plan given: no partial label; UNet ahead: said plainly
+    for k, (x, y) in enumerate(cases):
+        write(results, record("unet", None, k, {x: 0.9, y: 0.9}))
+    text = make_results.render(make_results.load(results), out, out.with_name("r.png"), 9)
+    assert "PARTIAL" not in text
+    assert "VeloxSeg is **below** UNet's" in text and "lower than UNet's at this budget" in text
+
+
+def test_cpu_time_budget_stops_the_run_and_is_recorded(tmp_path):
+    data = make_tiny_dataset(tmp_path / "Dataset001_Tiny", n_cases=3)
+    cfg = TrainConfig(dataset=str(data), output=str(tmp_path / "run"), epochs=50, patch_size=[32, 32, 32],
+                      batch_size=1, val_fraction=0.34, val_every=50, threads=1, progress=False, max_minutes=0.005,
+                      budget_clock="cpu", model="unet")
+    summary = ModelTrainer(cfg).run_training()
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert 1 <= summary["epochs"] < 50 and info["epochs_reached"] == summary["epochs"]
+    assert info["stopped_by_time_budget"] and info["budget_clock"] == "cpu" and info["model"] == "unet"
+    assert info["process_cpu_seconds"] > 0
+
+
+def test_unknown_budget_clock(tmp_path):
+    data = make_tiny_dataset(tmp_path / "Dataset001_Tiny", n_cases=2)
+    cfg = TrainConfig(dataset=str(data), output=str(tmp_path / "run"), budget_clock="gpu", threads=1)
+    with pytest.raises(Exception, match="budget_clock must be wall or cpu"):
+        ModelTrainer(cfg).run_training()
