@@ -153,3 +153,26 @@ def test_sidecar_of_another_kind_is_rejected(tmp_path):
     sidecar_path(model).write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(InputError, match="not a veloxseg export sidecar"):
         read_sidecar(model)
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(2, classes, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_any_registered_model_family_exports(tmp_path):
+    """Export takes channels and patch size from the plan, not from VeloxSeg's constructor arguments."""
+    from veloxseg.checkpoint import register_model
+    from veloxseg.export import export_checkpoint
+
+    register_model("test-tiny-conv", lambda kwargs: _Tiny(**kwargs))
+    plan = dict(PLAN, patch_size=[16, 16, 16])
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", {"model_name": "test-tiny-conv", "model_kwargs": {"classes": 3},
+                                                  "state_dict": _Tiny(3).state_dict(), "labels": {"background": 0},
+                                                  "channel_names": ["CT", "PET"], "plan": plan})
+    result = export_checkpoint(ckpt, "onnx", tmp_path / "tiny.onnx")
+    assert result.max_abs_logit_diff <= 1e-3 and read_sidecar(result.model_path)["roi_size"] == [16, 16, 16]

@@ -445,3 +445,14 @@ def test_foreground_crop_is_undone_outside_the_body(tmp_path):
         probs = npz["probabilities"].astype(np.float32)
     assert np.all(probs[0][~body] == 1.0) and np.all(probs[1][~body] == 0.0)  # outside the crop: background
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=2e-3)
+
+
+def test_commands_are_listed_with_their_options(capsys):
+    for command, options in {"predict": ["--num-parts", "--continue", "--engine", "--tta", "--preview"],
+                             "evaluate": ["--pred", "--ref", "--labels", "--json"],
+                             "export": ["--format", "--output"]}.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert all(o in text for o in options), (command, text)

@@ -130,8 +130,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str, output: str | os.
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     model = build_model(ckpt, deploy=True).cpu().eval()
     kwargs = ckpt["model_kwargs"]
-    in_channels = sum(model.in_channels) if hasattr(model, "in_channels") else int(sum(kwargs["in_channels"]))
-    roi = tuple(int(s) for s in kwargs["img_size"])
+    plan = ckpt.get("plan") or {}
+    # from the plan, so that any registered model family (MONAI baselines too) exports the same way
+    in_channels = len(ckpt.get("channel_names") or plan.get("channel_names") or [])
+    roi = tuple(int(s) for s in (plan.get("patch_size") or kwargs.get("img_size") or ()))
+    if not in_channels or len(roi) != 3:
+        raise InputError(f"{checkpoint}: checkpoint lacks the channel names or the patch size to export with")
     metadata = {
         "model_name": ckpt.get("model_name", "VeloxSeg"),
         "model_kwargs": kwargs,
