@@ -5,7 +5,7 @@ import torch
 
 from veloxseg import VeloxSeg
 from veloxseg.baselines import build_baseline
-from veloxseg.bench.worker import num_windows
+from veloxseg.bench.measure import num_windows
 from veloxseg.cli import main
 from veloxseg.summary import count_flops, count_parameters, model_summary
 

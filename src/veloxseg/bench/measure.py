@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import resource
 import statistics
 import time
@@ -99,3 +100,14 @@ def peak_rss() -> int:
     if kib is not None:
         return kib * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def num_windows(volume: list[int], roi: list[int], overlap: float) -> int:
+    """Number of sliding windows MONAI uses for ``volume`` (spatial) with ``roi`` and ``overlap``."""
+    n = 1
+    for s, r in zip(volume, roi):
+        if s <= r:
+            continue
+        interval = max(int(r * (1 - overlap)), 1)
+        n *= math.ceil((s - r) / interval) + 1
+    return n

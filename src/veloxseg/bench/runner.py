@@ -17,9 +17,8 @@ import torch
 from .. import __version__
 from ..presets import get_preset
 from ..summary import count_flops, count_parameters
-from .measure import ceilings, time_repeated
+from .measure import ceilings, num_windows, time_repeated
 from .models import DEFAULT_MODELS, build_model, check_models
-from .worker import num_windows
 
 PARTS: tuple[str, ...] = ("ceiling", "throughput", "train", "volume")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .measure import current_rss, peak_rss, reset_peak_rss, sync
+from .measure import current_rss, num_windows, peak_rss, reset_peak_rss, sync
 from .models import build_model, training_loss
 
 
@@ -94,17 +94,6 @@ def volume(job: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "peak_memory": peak, "peak_memory_growth": growth,
             "windows": num_windows(job["volume"][1:], job["size"], job["overlap"]),
             "output_shape": list(labels.shape)}
-
-
-def num_windows(volume: list[int], roi: list[int], overlap: float) -> int:
-    """Number of sliding windows MONAI uses for ``volume`` (spatial) with ``roi`` and ``overlap``."""
-    n = 1
-    for s, r in zip(volume, roi):
-        if s <= r:
-            continue
-        interval = max(int(r * (1 - overlap)), 1)
-        n *= math.ceil((s - r) / interval) + 1
-    return n
 
 
 def main(argv: list[str]) -> int:
