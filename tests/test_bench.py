@@ -87,7 +87,7 @@ def test_plot(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--models", "veloxseg,resnet"], "unknown model 'resnet'; choose from veloxseg, unet"),
+    (["--models", "veloxseg,resnet"], "unknown model 'resnet'; choose from veloxseg, veloxseg-straightforward, unet"),
     (["--skip", "everything"], "unknown --skip part"),
     (["--volume", "3x40x40x40"], "--volume must be"),
     (["--device", "tpu"], "--device must be cpu or cuda"),
@@ -116,3 +116,22 @@ def test_train_step_worker_runs_variant_loss():
     res = train_step({"model": "teachers-no-gram", "preset": "autopet", "size": [32, 32, 32], "device": "cpu",
                       "batch": 1, "steps": 1, "in_channels": 2})
     assert res["seconds"] > 0 and res["steps"] == 1
+
+
+def test_straightforward_row_is_the_same_network_on_default_ops():
+    import torch
+
+    from veloxseg.bench.models import STRAIGHTFORWARD, build_model, training_loss
+
+    fast = build_model("veloxseg", "autopet", (64, 64, 64))
+    slow = build_model(STRAIGHTFORWARD, "autopet", (64, 64, 64))
+    slow.module.load_state_dict(fast.state_dict())
+    x = torch.randn(1, 2, 64, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), slow(x), atol=1e-4)
+    train = build_model(STRAIGHTFORWARD, "autopet", (64, 64, 64), train=True)
+    assert train.training
+    y = (x[:, :1] > 1).long()
+    loss = training_loss(STRAIGHTFORWARD)(train(x), y, x)
+    loss.backward()
+    assert torch.isfinite(loss)

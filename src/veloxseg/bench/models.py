@@ -8,10 +8,28 @@ import torch
 from torch import nn
 
 from ..baselines import BASELINES, baseline_loss, build_baseline
+from ..networks.layers import fast_paths
 from ..presets import get_preset
 from ..variants import VARIANTS
 
-DEFAULT_MODELS: tuple[str, ...] = ("veloxseg", *BASELINES)
+STRAIGHTFORWARD = "veloxseg-straightforward"
+DEFAULT_MODELS: tuple[str, ...] = ("veloxseg", STRAIGHTFORWARD, *BASELINES)
+
+
+class StraightforwardPaths(nn.Module):
+    """VeloxSeg with its fast CPU kernels switched off (PyTorch's default ops): the "before" row.
+
+    Same weights and the same computation; only the kernels differ (see
+    ``veloxseg.networks.layers.fast_paths``).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> object:
+        with fast_paths(False):
+            return self.module(x)
 
 LossFn = Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -50,6 +68,8 @@ def build_model(name: str, preset: str, size: Sequence[int], train: bool = False
     """
     p = get_preset(preset)
     size3 = tuple(int(s) for s in size)
+    if name == STRAIGHTFORWARD:
+        return StraightforwardPaths(build_model("veloxseg", preset, size3, train)).train(train)
     if name in BASELINES:
         model = build_baseline(name, sum(p.model["in_channels"]), p.model["out_channels"], size3)
         return model.train() if train else model.eval()
@@ -59,6 +79,14 @@ def build_model(name: str, preset: str, size: Sequence[int], train: bool = False
 
 def training_loss(name: str) -> LossFn:
     """``loss(train-mode output, labels, image)`` of model ``name`` (each model's own loss)."""
+    if name == STRAIGHTFORWARD:
+        fast = training_loss("veloxseg")
+
+        def straightforward(out: object, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            with fast_paths(False):
+                return fast(out, y, x)
+
+        return straightforward
     if name in BASELINES:
         fn = baseline_loss(name)
         return lambda out, y, x: fn(out, y)  # type: ignore[arg-type]
