@@ -30,7 +30,6 @@ Payload keys (``format_version`` 1):
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .io import atomic_path
 
 FORMAT = "veloxseg-checkpoint"
 FORMAT_VERSION = 1
@@ -88,16 +88,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     payload.setdefault("format", FORMAT)
     payload.setdefault("format_version", FORMAT_VERSION)
     payload.setdefault("versions", versions())
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o644 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -136,8 +128,3 @@ def build_model(ckpt: dict[str, Any], deploy: bool = True) -> nn.Module:
         model = model.for_inference() if hasattr(model, "for_inference") else model.eval()
     return model
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

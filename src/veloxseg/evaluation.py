@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -231,16 +231,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     if not path.parent.is_dir():
         raise InputError(f"{path}: folder {path.parent} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            f.write(text)
     except OSError as err:
         raise InputError(f"{path}: cannot write here ({err.strerror})") from None
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value: float) -> str:

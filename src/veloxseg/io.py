@@ -10,9 +10,11 @@ Public functions:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -113,17 +115,29 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,
     img.header.set_data_dtype(arr.dtype)
     img.header.set_xyzt_units("mm", "sec")
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    with atomic_path(path, suffix) as tmp:
+        nib.save(img, tmp)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """Yield a temporary name beside ``path``; on success it is renamed to ``path``, on failure removed.
+
+    The temporary name ends with ``.tmp`` + ``suffix`` (libraries that pick a format from the
+    extension, such as nibabel and matplotlib, still see the right one). A crash or an
+    interruption never leaves a half-written file under ``path``.
+    """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     try:
-        nib.save(img, tmp)
+        yield tmp
         os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def _umask() -> int:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from ..io import atomic_path
 
 
 def largest_component_center(labels: np.ndarray) -> tuple[tuple[int, int, int], bool]:
@@ -83,14 +84,9 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray
     note = "largest component" if found else "nothing predicted: volume centre"
     fig.suptitle(f"{title}  ({note}; labels 1..{max_label})".strip())
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=80)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=80)
     finally:
         plt.close(fig)
     return path

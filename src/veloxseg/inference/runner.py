@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io import atomic_path
 from .cases import Case
 from .predictor import CasePrediction, Predictor
 
@@ -80,12 +81,6 @@ def is_finished(output_dir: Path, case: str, save_probabilities: bool, preview: 
             and (not preview or paths["preview"].is_file()))
 
 
-def _atomic(path: Path, suffix: str):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def save_case(result: CasePrediction, output_dir: Path, case: str, channel_names: Sequence[str],
               labels: dict[str, int] | None = None, save_probabilities: bool = False, preview: bool = False) -> None:
     """Write a case's outputs: extras first, the label map last, each atomically."""
@@ -93,25 +88,16 @@ def save_case(result: CasePrediction, output_dir: Path, case: str, channel_names
 
     paths = output_paths(output_dir, case)
     if save_probabilities and result.probabilities is not None:
-        tmp = _atomic(paths["probabilities"], ".npz")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, probabilities=result.probabilities, affine=result.affine,
-                                    labels=np.array(sorted((labels or {}).values()) or
-                                                    list(range(result.probabilities.shape[0]))))
-            os.replace(tmp, paths["probabilities"])
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(paths["probabilities"], ".npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, probabilities=result.probabilities, affine=result.affine,
+                                labels=np.array(sorted((labels or {}).values()) or
+                                                list(range(result.probabilities.shape[0]))))
     if preview and result.image is not None:
         from .preview import write_preview
 
         write_preview(paths["preview"], result.image, result.labels, result.affine, channel_names, title=case)
-    tmp = _atomic(paths["labels"], ".nii.gz")
-    try:
-        nib.save(result.to_nifti(), str(tmp))
-        os.replace(tmp, paths["labels"])
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(paths["labels"], ".nii.gz") as tmp:
+        nib.save(result.to_nifti(), tmp)
 
 
 def predict_cases(predictor: Predictor, cases: Sequence[Case], output_dir: str | os.PathLike,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..io import atomic_path
 
 
 def write_metrics_csv(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
@@ -15,13 +16,11 @@ def write_metrics_csv(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         for row in history:
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
-    os.replace(tmp, path)
 
 
 def plot_curves(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
@@ -50,10 +49,11 @@ def plot_curves(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
     ax2.set_ylim(0, 1)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
 
 
 class TensorBoardLogger:
