@@ -47,7 +47,7 @@ class BenchConfig:
     train_threads: int = field(default_factory=default_threads)
     volume: list[int] = field(default_factory=lambda: [2, 400, 400, 300])
     volume_models: list[str] = field(default_factory=lambda: ["veloxseg"])
-    overlap: float = 0.5
+    overlap: float = 0.25
     sw_batch_size: int = 2
     skip: list[str] = field(default_factory=list)
 

@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--volume-models", type=_names, default=["veloxseg"],
                    help="models to run the whole volume with (default veloxseg; the others are estimated); "
                         "'none' for none")
-    p.add_argument("--overlap", type=float, default=0.5,
-                   help="sliding-window overlap (default 0.5, as veloxseg predict)")
+    p.add_argument("--overlap", type=float, default=0.25,
+                   help="sliding-window overlap (default 0.25, as veloxseg predict and the paper)")
     p.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward (default 2, as veloxseg predict)")
     p.add_argument("--skip", type=_names, default=[], help=f"parts to skip: {','.join(PARTS)}")
     p.add_argument("--json", metavar="OUT", help="write the full result as JSON")

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the network (default: all)")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default: 0.5)")
+    p.add_argument("--overlap", type=float, default=0.25,
+                   help="sliding-window overlap in [0, 1) (default: 0.25, the paper's; nnU-Net uses 0.5)")
     p.add_argument("--sw-batch-size", type=int, default=2, help="windows per network call (default: 2)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (8 flips; 8x slower)")
     p.add_argument("--save-probabilities", action="store_true",

@@ -91,7 +91,7 @@ class Predictor:
         labels = predictor.predict_array(volume, affine)                      # numpy uint8
     """
 
-    def __init__(self, model: LoadedModel, overlap: float = 0.5, tta: bool = False, sw_batch_size: int = 2,
+    def __init__(self, model: LoadedModel, overlap: float = 0.25, tta: bool = False, sw_batch_size: int = 2,
                  device: str | torch.device = "cpu", window_progress: bool = False) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
