@@ -111,7 +111,8 @@ def main() -> int:
         lines.append(f"| {name} | {th} | {1 / t['median']:.2f} | {t['median']:.4f} ({t['min']:.4f}–{t['max']:.4f}),"
                      f" {t['reps']} | {t['median'] / base[th]:.2f} | {diff:.1e} |")
     if compile_seconds is not None:
-        lines += ["", f"`torch.compile` took {compile_seconds:.0f} s to compile before its first forward (with inductor's on-disk cache from earlier runs; a cold compile took about 190 s here)."]
+        lines += ["", f"`torch.compile` took {compile_seconds:.0f} s to compile before its first forward "
+                  "(inductor caches compiled kernels on disk, so the first compile on a machine takes longer)."]
     for th in base:
         best = min((r for r in rows if r[1] == th), key=lambda r: r[2]["median"])
         lines += ["", f"Fastest with {th} thread(s): {best[0]} ({1 / best[2]['median']:.2f} images/s)."]
