@@ -456,3 +456,12 @@ def test_commands_are_listed_with_their_options(capsys):
         assert exit_info.value.code == 0
         text = capsys.readouterr().out
         assert all(o in text for o in options), (command, text)
+
+
+def test_failed_run_creates_no_output_folder(tmp_path):
+    """A missing checkpoint is reported before anything is created on disk."""
+    from veloxseg.cli import main
+
+    out = tmp_path / "never"
+    assert main(["predict", "-m", str(tmp_path / "missing.pt"), "-i", str(tmp_path), "-o", str(out)]) == 1
+    assert not out.exists()

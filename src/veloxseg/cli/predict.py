@@ -40,14 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Predict ``args.input`` into ``args.output``."""
     from ..inference import Predictor, predict_cases, resolve_input, select_part
-    from ..inference.runner import ensure_output_dir
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if not 0.0 <= args.overlap < 1.0:
         raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
-    ensure_output_dir(args.output)
     predictor = Predictor.from_checkpoint(args.model, device=args.device, engine=args.engine, threads=args.threads,
                                           overlap=args.overlap, tta=args.tta, sw_batch_size=args.sw_batch_size,
                                           window_progress=not args.quiet)

@@ -106,7 +106,7 @@ def predict_cases(predictor: Predictor, cases: Sequence[Case], output_dir: str |
     """Predict ``cases`` into ``output_dir``; header problems of any case stop the run before it starts."""
     from tqdm import tqdm
 
-    out = ensure_output_dir(output_dir)
+    out = Path(output_dir)
     summary = RunSummary(out)
     todo = []
     for case in cases:
@@ -116,6 +116,7 @@ def predict_cases(predictor: Predictor, cases: Sequence[Case], output_dir: str |
             todo.append(case)
     for case in todo:  # header checks of every case first: fail before any work is done
         predictor.check_case(case)
+    ensure_output_dir(out)  # only once the inputs are known to be good: a failed run creates no folder
     if summary.skipped:
         log.info("--continue: %d finished case(s) skipped", len(summary.skipped))
     from tqdm.contrib.logging import logging_redirect_tqdm
