@@ -138,14 +138,20 @@ def paired(a: dict[str, float], b: dict[str, float]) -> tuple[list[float], list[
     return [a[c] - b[c] for c in common], common
 
 
+#: two-sided 95 % Student t quantiles by degrees of freedom
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201}
+
+
 def noise_verdict(diffs: list[float]) -> str:
-    """Paired per-case difference: mean ± 2 standard errors; 'within noise' when that interval holds 0."""
+    """Paired per-case difference: mean and 95 % t interval; 'within noise' when the interval holds 0."""
     if len(diffs) < 2:
         return "n/a"
     m, s = mean_sd(diffs)
-    se = s / math.sqrt(len(diffs))
-    lo, hi = m - 2 * se, m + 2 * se
-    return f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] {'within noise' if lo <= 0 <= hi else 'beyond noise'}"
+    half = T95.get(len(diffs) - 1, 2.0) * s / math.sqrt(len(diffs))
+    lo, hi = m - half, m + half
+    return (f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(diffs)}) "
+            f"{'within noise' if lo <= 0 <= hi else 'beyond noise'}")
 
 
 def plot(groups: dict[str, list[dict]], path: Path) -> bool:
@@ -178,7 +184,7 @@ def plot(groups: dict[str, list[dict]], path: Path) -> bool:
                    color=colors[i % len(colors)], marker=marker, edgecolor="black",
                    label=LABELS.get(a, a if a not in ABLATION_ORDER else f"ablation: {a}"))
     ax.set_xscale("log")
-    ax.set_xlabel("inference seconds per case, 1 thread (" + ("re-timed one run at a time, median of 3"
+    ax.set_xlabel("inference seconds per case, 1 thread (" + ("re-timed after training, no training running"
                   if TIME_KEY == "seconds_retimed" else "measured beside other runs on a loaded machine") + "; log)")
     ax.set_ylabel("Dice (GTVt), held-out case")
     ax.set_title("HecktorMini, 3-fold CV, equal CPU training time per run\n(small: cases; large: model mean)")
@@ -235,7 +241,11 @@ def render(groups: dict[str, list[dict]], out: Path, png: Path, expected: int | 
     if n_done < n_planned:
         L += [f"> **PARTIAL RESULTS**: {n_done} of the {n_planned} planned runs have finished "
               f"(updated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). Missing runs are missing from "
-              f"the tables; `python experiments/run_experiments.py` continues where this stopped.", ""]
+              f"the tables; `python experiments/run_experiments.py` continues where this stopped. Missing: "
+              + ", ".join(f"{g} {sum(j.group == g for j in planned) - len(groups.get(g, []))} of "
+                          f"{sum(j.group == g for j in planned)}" for g in ("hecktor", "ablation", "seeds", "brats")
+                          if sum(j.group == g for j in planned) > len(groups.get(g, [])))
+              + ".", ""]
     L += ["## Set-up", "",
           "- **Data**: `Dataset501_HecktorMini` (6 real head-and-neck PET/CT cases, 64³ at 3.344 mm, primary "
           "tumour GTVt); 3-fold cross-validation (`--num-folds 3 --fold K`: 4 training, 2 held-out cases per "
@@ -263,14 +273,15 @@ def render(groups: dict[str, list[dict]], out: Path, png: Path, expected: int | 
           "is undefined when the prediction is empty; such cases are left out of the HD95 mean (n given). "
           "Inference time per case includes reading, preprocessing and writing.",
           "- **Spread**: ± is the standard deviation over the held-out cases (6 for HecktorMini); fold means are "
-          "listed too. *Within noise*: the paired per-case difference's mean ± 2 standard errors includes 0.",
+          "listed too. *Within noise*: the 95 % t interval of the paired per-case difference (shown as "
+          "mean [low, high] (n cases)) includes 0.",
           ""]
     L += ["## Machine and load", "", *machine(every), ""]
     L += ["## Commands", "", "```bash",
           "# everything (resumable: finished runs are skipped), 6 runs at a time, 1 thread each",
           f"python experiments/run_experiments.py --budget {budget if budget is not None else 1.5:g} "
           "--parallel 6 --max-heavy 2 --threads 1 --work /tmp/veloxseg-exp --stop-at 18:45",
-          "python experiments/run_experiments.py --retime   # inference times again, one run at a time",
+          "python experiments/run_experiments.py --retime --repeats 1 --shard 0/2 & python experiments/run_experiments.py --retime --repeats 1 --shard 1/2   # inference times again",
           "python experiments/make_results.py        # this document and the plot, from experiments/results/",
           "", "# one run, e.g. UNet on fold 0 (what the script runs for every model and variant):"]
     ex = next((r for r in hecktor if r["job"]["model"] == "unet"), None) or (every[0] if every else None)
@@ -317,8 +328,9 @@ def render(groups: dict[str, list[dict]], out: Path, png: Path, expected: int | 
     else:
         L += ["No run of this group has finished yet.", ""]
     if have_plot:
-        timing = ("Inference times were re-measured after training (`run_experiments.py --retime`): one run "
-                  "at a time, 1 thread, a warm-up then the median of 3 predictions of each held-out case "
+        timing = ("Inference times were re-measured after training (`run_experiments.py --retime --shard I/2`, "
+                  "two processes on the two cores, 1 thread each, no training running): a warm-up, then the median "
+                  "of the timed predictions of each held-out case "
                   "(reading, preprocessing, sliding window, resampling back; not writing). The machine was "
                   "still shared, so treat small differences as noise (docs/benchmarks.md has clean timings)."
                   if TIME_KEY == "seconds_retimed" else
@@ -371,7 +383,12 @@ def headline(s: dict, groups: dict[str, list[dict]]) -> list[str]:
          f"{statistics.fmean(u['epochs']):.0f} in the same time; VeloxSeg has {v['params'] / 1e6:.2f} M "
          f"parameters, UNet {u['params'] / 1e6:.2f} M."]
     if vm < um:
-        L[-1] += (" **VeloxSeg's Dice is lower than UNet's at this budget.** What was tried: the paper's recipe "
+        noisy = "within noise" in noise_verdict(diffs)
+        L[-1] += (" **VeloxSeg's Dice is lower than UNet's at this budget**"
+                  + (" — the gap is within the noise of these cases (the interval includes 0), so the data neither "
+                     "show VeloxSeg to be worse nor show it to be at least as good." if noisy else
+                     ", and the gap is beyond the noise of these cases.")
+                  + " What was tried: the paper's recipe "
                   "with one shared learning rate (2e-3), the same budget per fold, 3 folds"
                   + (", a second seed (section 4)" if groups.get("seeds") else "")
                   + "; no per-model tuning (see *What was tried*).")
@@ -391,8 +408,8 @@ def ablation_section(main: dict, abl: dict) -> list[str]:
     L += ["The \"full\" row is the VeloxSeg run of section 1 (same folds, seed and budget). Paper: AutoPET-II "
           "Dice % after full training (ARCHITECTURE.md section 6); ours: HecktorMini held-out Dice after "
           "minutes. Δ: paired per-case difference to the row above (controls: to the row they modify) — mean "
-          "[± 2 SE].", "",
-          "| configuration | paper Dice % | paper Δ | ours Dice | fold means | epochs | params (M) | ours Δ |",
+          "[95 % t interval] (n cases).", "",
+          "| configuration | paper Dice % | paper Δ | ours Dice (cases) | fold means | epochs | params (M) | ours Δ |",
           "|---|---|---|---|---|---|---|---|"]
     prev = {"multiscale": "conv-only", "jl-groups": "multiscale", "pwa": "jl-groups",
             "unified-upsampling": "pwa", "full": "unified-upsampling", "groups-8-16-16-32": "jl-groups",
@@ -411,32 +428,43 @@ def ablation_section(main: dict, abl: dict) -> list[str]:
         delta = ""
         if pp and pp in s:
             delta = noise_verdict(paired(e["dice"], s[pp]["dice"])[0]) + f" vs {pp}"
-        L.append(f"| {var.description} | {pd:.2f} | {pdelta} | {fmt(*mean_sd(list(e['dice'].values())))} | "
+        L.append(f"| {var.description} | {pd:.2f} | {pdelta} | {fmt(*mean_sd(list(e['dice'].values())))} "
+                 f"({len(e['dice'])}) | "
                  f"{folds} | {statistics.fmean(e['epochs']):.0f} | {e['params'] / 1e6:.2f} | {delta} |")
     L.append("")
     if "full" in s:
         worst = [a for a in ABLATION_ORDER if a in s and a != "full"
                  and "beyond" in noise_verdict(paired(s["full"]["dice"], s[a]["dice"])[0])]
-        L.append("Against the full model, the differences beyond noise (paired, ±2 SE) are: "
+        L.append("Full model minus each variant, where the difference is beyond noise (paired, 95 % t interval): "
                  + (", ".join(f"{a} ({noise_verdict(paired(s['full']['dice'], s[a]['dice'])[0]).split(' [')[0]})"
                               for a in worst) if worst else "none")
-                 + "; everything else is within the noise of 6 cases at this budget.")
+                 + "; everything else is within the noise of 6 cases at this budget. These intervals are for one seed; "
+                 "section 4 shows how much a second seed moves the same model on the same cases.")
         L.append("")
     return L
 
 
 def seeds_section(main: dict, seeds: dict) -> list[str]:
     L = ["## 4. A second seed (VeloxSeg and UNet, HecktorMini)", "",
-         "| model | seed 0 Dice | seed 1 Dice | both seeds (12 case-runs) |", "|---|---|---|---|"]
+         "| model | seed 0 Dice (cases) | seed 1 Dice (cases) | both seeds (case-runs) | same case, other seed: "
+         "mean / max abs. change |", "|---|---|---|---|---|"]
     for a in ("veloxseg", "unet"):
         if a not in seeds:
             continue
         s0 = list(main.get(a, {}).get("dice", {}).values())
         s1 = list(seeds[a]["dice"].values())
-        L.append(f"| {LABELS[a]} | {fmt(*mean_sd(s0))} | {fmt(*mean_sd(s1))} | {fmt(*mean_sd(s0 + s1))} |")
+        d0, d1 = main.get(a, {}).get("dice", {}), seeds[a]["dice"]
+        change = [abs(d0[c] - d1[c]) for c in sorted(set(d0) & set(d1))]
+        ch = f"{statistics.fmean(change):.3f} / {max(change):.3f} ({len(change)})" if change else "–"
+        L.append(f"| {LABELS[a]} | {fmt(*mean_sd(s0))} ({len(s0)}) | {fmt(*mean_sd(s1))} ({len(s1)}) | "
+                 f"{fmt(*mean_sd(s0 + s1))} ({len(s0) + len(s1)}) | {ch} |")
     if "veloxseg" in seeds and "unet" in seeds:
         d, common = paired(seeds["veloxseg"]["dice"], seeds["unet"]["dice"])
         L += ["", f"Seed 1, VeloxSeg − UNet over {len(common)} cases: {noise_verdict(d)}."]
+    L += ["", "The same model on the same held-out case changes by the amounts in the last column when only the "
+          "seed (initial weights, crops, augmentation) changes. The paired intervals of sections 1 and 3 cover "
+          "case-to-case noise only, from one seed; seed-to-seed noise of this size comes on top, so single-seed "
+          "differences smaller than it should be read as within noise too."]
     L.append("")
     return L
 

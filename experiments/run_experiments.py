@@ -169,7 +169,7 @@ def _num(v: float) -> float | None:
     return None if v is None or v != v else round(float(v), 5)
 
 
-def retime(work: Path, threads: int = 1, repeats: int = 3) -> None:
+def retime(work: Path, threads: int = 1, repeats: int = 3, shard: tuple[int, int] = (0, 1)) -> None:
     """Time each finished run's inference per case again, one run after another (a quieter machine).
 
     During the experiments inference shared the CPU with other runs; this re-measures it for every
@@ -184,7 +184,9 @@ def retime(work: Path, threads: int = 1, repeats: int = 3) -> None:
     from veloxseg.inference.cases import Case
 
     torch.set_num_threads(threads)
-    for path in sorted(RESULTS.glob("*/*.json")):
+    for index, path in enumerate(sorted(RESULTS.glob("*/*.json"))):
+        if index % shard[1] != shard[0]:  # several retiming processes split the runs
+            continue
         rec = json.loads(path.read_text())
         if all("seconds_retimed" in c for c in rec["cases"].values()):
             continue
@@ -207,6 +209,7 @@ def retime(work: Path, threads: int = 1, repeats: int = 3) -> None:
             entry["seconds_retimed"] = round(st.median(times), 4)
         rec["retimed"] = {"threads": threads, "repeats": repeats, "load_average": list(os.getloadavg()),
                           "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "shard": list(shard),
                           "note": "predict_case (read, preprocess, sliding window, back to the input grid), "
                                   "no writing; median of repeats after a warm-up"}
         tmp = path.with_suffix(".tmp")
@@ -273,6 +276,8 @@ def main() -> int:
     ap.add_argument("--list", action="store_true", help="list the runs and whether they are done")
     ap.add_argument("--retime", action="store_true",
                     help="re-measure the inference time of every finished run, one at a time, then regenerate the doc")
+    ap.add_argument("--repeats", type=int, default=3, help="--retime: timed predictions per case (default 3)")
+    ap.add_argument("--shard", default="0/1", help="--retime: this process re-times runs i, i+n, ... (I/N)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
@@ -282,7 +287,8 @@ def main() -> int:
         print(f"{job.name}: Dice {dice}")
         return 0
     if a.retime:
-        retime(a.work, a.threads)
+        i, n = (int(x) for x in a.shard.split("/"))
+        retime(a.work, a.threads, a.repeats, (i, n))
         regenerate_doc()
         return 0
     jobs = all_jobs(a.budget, a.threads, a.groups)
