@@ -11,7 +11,7 @@ from pathlib import Path
 
 DEMO_PATCH = [64, 64, 32]
 #: minutes kept for predicting and scoring the held-out cases
-PREDICT_RESERVE_MIN = 0.75
+PREDICT_RESERVE_MIN_PER_CASE = 0.15  # minutes kept for predicting each held-out case (plus 0.1)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(sub)
     print(f"[1/3] writing {args.cases} training + {args.test_cases} test phantoms to {data}", flush=True)
     write_demo_dataset(data, cases=args.cases, seed=args.seed, test_cases=args.test_cases)
-    train_minutes = args.minutes - (time.time() - t0) / 60 - PREDICT_RESERVE_MIN
+    reserve = 0.1 + PREDICT_RESERVE_MIN_PER_CASE * args.test_cases
+    train_minutes = args.minutes - (time.time() - t0) / 60 - reserve
     if train_minutes <= 0.1:
         raise InputError(f"--minutes {args.minutes:g} leaves no time to train")
     print(f"[2/3] training for at most {train_minutes:.1f} min with {threads} thread(s)", flush=True)
