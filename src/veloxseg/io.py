@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -138,6 +139,18 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 90) -> Path:
+    """Write a matplotlib figure to ``path`` (PNG) atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path, Path(path).suffix) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def _umask() -> int:

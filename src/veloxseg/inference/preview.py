@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..io import atomic_path
+from ..io import save_figure
 
 
 def largest_component_center(labels: np.ndarray) -> tuple[tuple[int, int, int], bool]:
@@ -84,9 +84,5 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray
     note = "largest component" if found else "nothing predicted: volume centre"
     fig.suptitle(f"{title}  ({note}; labels 1..{max_label})".strip())
     fig.tight_layout()
-    try:
-        with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=80)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=80)
     return path

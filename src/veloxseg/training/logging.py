@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_path
+from ..io import atomic_path, save_figure
 
 
 def write_metrics_csv(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
@@ -49,11 +49,7 @@ def plot_curves(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
     ax2.set_ylim(0, 1)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    try:
-        with atomic_path(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=90)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 class TensorBoardLogger:
