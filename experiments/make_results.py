@@ -50,23 +50,24 @@ def arch(rec: dict) -> str:
     return rec["job"]["variant"] or rec["job"]["model"]
 
 
-def case_dice(rec: dict) -> dict[str, float]:
-    """Per case: Dice averaged over the foreground labels with a defined Dice."""
+def case_metric(rec: dict, key: str) -> dict[str, float]:
+    """Per case: ``key`` ("dice" or "hd95_mm") averaged over the foreground labels where it is defined."""
     out = {}
     for case, c in rec["cases"].items():
-        vals = [v["dice"] for v in c["labels"].values() if v["dice"] is not None]
+        vals = [v[key] for v in c["labels"].values() if v[key] is not None]
         if vals:
             out[case] = sum(vals) / len(vals)
     return out
+
+
+def case_dice(rec: dict) -> dict[str, float]:
+    """Per case: Dice averaged over the foreground labels with a defined Dice."""
+    return case_metric(rec, "dice")
 
 
 def case_hd95(rec: dict) -> dict[str, float]:
-    out = {}
-    for case, c in rec["cases"].items():
-        vals = [v["hd95_mm"] for v in c["labels"].values() if v["hd95_mm"] is not None]
-        if vals:
-            out[case] = sum(vals) / len(vals)
-    return out
+    """Per case: HD95 (mm) averaged over the foreground labels with a defined HD95."""
+    return case_metric(rec, "hd95_mm")
 
 
 def mean_sd(xs: list[float]) -> tuple[float, float]:
