@@ -1,5 +1,6 @@
 """The fast CPU kernels (oneDNN convs, GroupNorm-based instance norm) compute what PyTorch's defaults do."""
 
+import pytest
 import torch
 
 from veloxseg import VeloxSeg, VeloxSegLoss
@@ -58,3 +59,35 @@ def test_layer_norm_fast_path_matches_layer_norm():
         with fast_paths(False):
             slow = norm(x)
     assert torch.allclose(fast, slow, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,size,align_corners", [((2, 2, 6, 6, 6), (96, 96, 96), False),
+                                                      ((2, 3, 5, 7, 3), (17, 9, 30), False),
+                                                      ((8, 4, 3, 3, 3), (12, 12, 12), True)])
+def test_separable_upsampling_matches_interpolate(shape, size, align_corners):
+    from veloxseg.networks.layers import upsample_trilinear
+
+    x = torch.randn(shape, requires_grad=True)
+    fast = upsample_trilinear(x, size, align_corners)
+    slow = torch.nn.functional.interpolate(x, size=size, mode="trilinear", align_corners=align_corners)
+    grad = torch.randn_like(slow)
+    (fast_grad,), (slow_grad,) = torch.autograd.grad(fast, x, grad), torch.autograd.grad(slow, x, grad)
+    assert fast.shape == slow.shape and torch.allclose(fast, slow, atol=1e-5)
+    assert torch.allclose(fast_grad, slow_grad, rtol=1e-4, atol=1e-3)
+
+
+def test_training_step_with_dropout_is_reproducible_from_the_seed():
+    model = VeloxSeg(in_channels=[1, 1], img_size=(64, 64, 32)).train()
+    x = torch.randn(1, 2, 64, 64, 32)
+    y = (x[:, :1] > 1).long()
+
+    def run():
+        torch.manual_seed(3)
+        model.zero_grad()
+        loss = VeloxSegLoss()(model(x), y, x).total
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    (loss_a, grads_a), (loss_b, grads_b) = run(), run()
+    assert torch.equal(loss_a, loss_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .jlc import JLCBlock
-from .layers import Conv3d, ConvNorm, Dropout, PatchMerging3d
+from .layers import Conv3d, ConvNorm, Dropout, PatchMerging3d, fast_paths_enabled
 from .pwa import PWABlock, Size3
 
 
@@ -37,8 +37,18 @@ class TransformerStream(nn.Module):
             nn.ModuleList(PatchMerging3d(width * 2**i) for _ in range(m)) for i in range(levels - 1)
         )
 
-    def forward(self, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-        xs = [embed(x) for embed, x in zip(self.embed, inputs)]
+    def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        """The per-level, per-modality maps of the input ``x`` (modalities' channels concatenated)."""
+        widths = [embed[0].in_channels for embed in self.embed]
+        if fast_paths_enabled() and len(set(widths)) == 1 and torch.is_grad_enabled():
+            # one grouped conv on ``x`` itself: convs on channel slices would copy and keep each slice
+            weight = torch.cat([embed[0].weight for embed in self.embed])
+            bias = torch.cat([embed[0].bias for embed in self.embed])
+            conv = self.embed[0][0]
+            maps = Conv3d.conv(x, weight, bias, conv.stride, conv.padding, groups=len(widths)).chunk(len(widths), 1)
+            xs = [embed[1](m) for embed, m in zip(self.embed, maps)]
+        else:
+            xs = [embed(part) for embed, part in zip(self.embed, torch.split(x, widths, dim=1))]
         levels = []
         for i, block in enumerate(self.blocks):
             xs = block(xs)

@@ -58,10 +58,12 @@ class JLCBlock(nn.Module):
             return y + self.ffn(y)
         # Training on CPU: oneDNN's backward of these small-group convs is about 2x faster in
         # channels-last layout (the forward is not, hence only when gradients are recorded).
+        # Norm + GELU and the FFN's norm + 1x1 conv + GELU + 1x1 conv are recomputed in the backward
+        # instead of keeping their intermediate maps (cheap ops, the widest maps of the block).
         x_cl = x.contiguous(memory_format=torch.channels_last_3d)
         y = x
         for branch in self.branches:
             conv, rest = branch[0], branch[1:]
             h = conv(x_cl).contiguous() if conv.kernel_size[0] > 1 else conv(x)
-            y = y + rest(h)
-        return y + self.ffn(y)
+            y = y + layers.recompute(rest, h)
+        return y + self.ffn[-1](layers.recompute(self.ffn[:-1], y))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import Conv3d, Dropout, LayerNorm3d, dropout
+from .layers import Conv3d, Dropout, LayerNorm3d, dropout_matmul, recompute, upsample_trilinear
 
 Size3 = tuple[int, int, int]
 
@@ -168,8 +168,7 @@ class PairedWindowAttention(nn.Module):
         attn = torch.matmul(q * dq**-0.5, k.transpose(-1, -2))
         attn.add_(self.position_bias().to(attn.dtype))  # in place: matmul's backward does not need its output
         attn = attn.softmax(dim=-1)
-        attn = dropout(attn, self.attn_drop, self.training)
-        out = torch.matmul(attn, v)
+        out = dropout_matmul(attn, v, self.attn_drop, self.training)
 
         # scatter: tokens back to their small-window grid, upsampled to the big window
         maps = []
@@ -180,7 +179,7 @@ class PairedWindowAttention(nn.Module):
                                       b=batch, gd=gd, gh=gh, gw=gw, nd=nd, nh=nh, nw=nw))
                 continue
             o = rearrange(o, "w h (m nd nh nw) c -> w (m h c) nd nh nw", nd=nd, nh=nh, nw=nw)
-            o = F.interpolate(o, size=big, mode="trilinear", align_corners=True)
+            o = upsample_trilinear(o, big, align_corners=True)
             maps.append(rearrange(o, "(b gd gh gw) (m c) d h w -> b m c (gd d) (gh h) (gw w)",
                                   b=batch, gd=gd, gh=gh, gw=gw, m=m))
         values = torch.cat(maps, dim=2).reshape(batch, m * self.v_channels, *size)
@@ -217,4 +216,5 @@ class PWABlock(nn.Module):
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         attended = self.attn([norm(x) for norm, x in zip(self.norm1, xs)])
         xs = [x + a for x, a in zip(xs, attended)]
-        return [x + ffn(x) for ffn, x in zip(self.ffn, xs)]
+        # the FFN's LayerNorm + 1x1 conv + GELU + 1x1 conv is recomputed in the backward (training, fast path)
+        return [x + ffn[-1](recompute(ffn[:-1], x)) for ffn, x in zip(self.ffn, xs)]

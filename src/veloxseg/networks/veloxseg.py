@@ -6,13 +6,12 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..jl import DEFAULT_KAPPA, jl_group_widths
 from .decoder import DecoderLadder, PixelShuffleHead, TransposedConvHead
 from .encoder import ConvStream, TransformerStream
-from .layers import Conv3d
+from .layers import Conv3d, upsample_trilinear
 from .pwa import Size3, as_size3, window_pairs
 from .sdkt import TextureTeacher, gram_matrix
 
@@ -223,8 +222,7 @@ class VeloxSeg(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | VeloxSegOutput:
         """Logits ``(B, classes, D, H, W)`` in eval mode; a :class:`VeloxSegOutput` in train mode."""
         self.check_input(x)
-        inputs = list(torch.split(x, self.in_channels, dim=1))
-        attention = self.transformer(inputs) if self.transformer is not None else None
+        attention = self.transformer(x) if self.transformer is not None else None
         feats = self.conv_stream(x, attention)
         decoded = self.decoder(feats)
         logits = self.head(decoded[0])
@@ -234,7 +232,7 @@ class VeloxSeg(nn.Module):
         all_logits = [logits]
         if self.ds_heads is not None:
             for head, feat in zip(self.ds_heads, [*decoded[1:], feats[-1]]):
-                all_logits.append(F.interpolate(head(feat), size=size, mode="trilinear", align_corners=False))
+                all_logits.append(upsample_trilinear(head(feat), size))
         if self.teachers is None:
             return VeloxSegOutput(all_logits, None, None, [])
         recons, grams = [], []
