@@ -35,12 +35,14 @@ def test_json_structure(tiny):
                     "matmul_fraction", "time_vs_veloxseg"):
             assert key in tp, (name, key)
         assert tp["min"] <= tp["median"] <= tp["max"]
+        assert len(tp["round_medians"]) == 2 and tp["median"] == min(tp["round_medians"])  # best of 2 rounds
         train = entry["train"]
         assert "error" not in train, train
         assert train["seconds"] > 0 and train["peak_memory"] > 0 and "peak_memory_growth" in train
         assert train["steps"] >= 1 and train["min"] <= train["seconds"] <= train["max"]
     vol = result["models"]["veloxseg"]["volume"]
     assert "error" not in vol, vol
+    assert len(vol["round_seconds"]) == 2 and vol["seconds"] == min(vol["round_seconds"])
     assert vol["output_shape"] == [1, 40, 40, 36] and vol["windows"] == result["volume_windows"] == 8
     assert result["models"]["unet"]["volume"] is None and "volume_estimate_seconds" in result["models"]["unet"]
     assert result["models"]["veloxseg"]["throughput"]["1"]["time_vs_veloxseg"] == 1.0

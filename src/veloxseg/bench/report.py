@@ -65,7 +65,8 @@ def train_table(result: dict[str, Any]) -> str:
     """One training step per model: seconds and peak memory."""
     cfg = result["config"]
     mem = "GPU max allocated" if cfg["device"].startswith("cuda") else "peak RSS growth"
-    rows = [f"| model | s per step: median (min–max) | time × VeloxSeg | {mem} (GB) |", "|---|---|---:|---:|"]
+    rows = [f"| model | s per step: fastest (median–max) | time × VeloxSeg (fastest) | {mem} (GB) |",
+            "|---|---|---:|---:|"]
     for name, e in result["models"].items():
         tr = e.get("train")
         if tr is None:
@@ -74,7 +75,7 @@ def train_table(result: dict[str, Any]) -> str:
         if fail:
             rows.append(f"| {name} | {fail} | – | – |")
             continue
-        rows.append(f"| {name} | {tr['seconds']:.2f} ({tr['min']:.2f}–{tr['max']:.2f}), n={tr['steps']} "
+        rows.append(f"| {name} | {tr['min']:.2f} ({tr['seconds']:.2f}–{tr['max']:.2f}), n={tr['steps']} "
                     f"| {_f(tr.get('time_vs_veloxseg'), '.1f')} | {_mem(tr['peak_memory_growth'])} |")
     return "\n".join(rows)
 
@@ -150,11 +151,13 @@ def document(result: dict[str, Any], note: str | None = None, image: str | None 
               f"Machine: {m['cpu']}, {m['cores']} core(s) available{', GPU ' + m['gpu'] if m.get('gpu') else ''}; "
               f"torch {m['torch']}, MONAI {m['monai']}, veloxseg {m['veloxseg']}, Python {m['python']}; {m['date']}.",
               "", "Protocol: inference is eval mode, no gradients, batch 1, after a warm-up, the median of timed "
-              "forwards over at least the given seconds; FLOPs are PyTorch's `FlopCounterMode` (2 per "
+              "forwards over at least the given seconds, in `--rounds` rounds interleaved over the models, of "
+              "which each model's best is reported; FLOPs are PyTorch's `FlopCounterMode` (2 per "
               "multiply-add). The ceilings are measured in the same run with the same thread counts; "
               "'% conv ceiling' is the model's achieved GFLOP/s over the dense 5×5×5 conv's (each ceiling is "
-              "the better of a run before and one after the models). Training steps are timed like the forwards "
-              "(at least the given seconds after a warm-up step). Training steps and "
+              "the better of a run before and one after the models). Training steps are timed after a warm-up "
+              "step (at least `--train-steps`, and more until the given seconds); the fastest step is compared "
+              "between models. Whole-volume predictions are the fastest of `--rounds` runs. Training steps and "
               "whole-volume predictions run in a fresh process per model, so their peak RSS growth is that "
               "model's alone.", "", MODELS_NOTE, "", markdown(result)]
     if image:

@@ -35,11 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="thread count(s) for inference and the ceiling, e.g. 1 or 1,2 (default 1, the paper's)")
     p.add_argument("--seconds", type=float, default=1.0, help="at least this long timing each model (default 1)")
     p.add_argument("--min-reps", type=int, default=3, help="at least this many timed forwards (default 3)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="time inference and the whole volume this many times, interleaved over the models, and "
+                        "keep each model's best round (default 2)")
     p.add_argument("--size", type=lambda s: _ints(s, "x"), default=None,
                    help="input patch DxHxW or one side (default: the preset's, 96x96x96 for autopet)")
     p.add_argument("--train-batch", type=int, default=2)
-    p.add_argument("--train-steps", type=int, default=1,
-                   help="at least this many timed training steps after a warm-up step, and more until --seconds")
+    p.add_argument("--train-steps", type=int, default=3,
+                   help="at least this many timed training steps after a warm-up step, and more until --seconds; "
+                        "the fastest is compared across models (default 3)")
     p.add_argument("--train-threads", type=int, default=None,
                    help="threads for the training step and whole-volume prediction (default: all cores)")
     p.add_argument("--volume", type=lambda s: _ints(s, "x"), default=[2, 400, 400, 300],
@@ -89,7 +93,8 @@ def measure(args: argparse.Namespace) -> dict:
     from ..bench.runner import default_threads
 
     cfg = BenchConfig(preset=args.preset, models=args.models, device=args.device, threads=args.threads,
-                      seconds=args.seconds, min_reps=args.min_reps, size=args.size, train_batch=args.train_batch,
+                      seconds=args.seconds, min_reps=args.min_reps, rounds=args.rounds, size=args.size,
+                      train_batch=args.train_batch,
                       train_steps=args.train_steps, train_threads=args.train_threads or default_threads(),
                       volume=args.volume, volume_models=args.volume_models, overlap=args.overlap,
                       sw_batch_size=args.sw_batch_size, skip=args.skip)
