@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import Conv3d, Dropout, LayerNorm3d, dropout_matmul, recompute, upsample_trilinear
+from .layers import Conv3d, Dropout, LayerNorm3d, dropout_matmul, fast_paths_enabled, recompute, upsample_trilinear
 
 Size3 = tuple[int, int, int]
 
@@ -155,20 +155,23 @@ class PairedWindowAttention(nn.Module):
         # gather: one salient token per small window, n tokens per big window, modalities on the token axis
         windows, counts = [], []
         for scale, (_, small) in enumerate(self.pairs):
-            x = qkv[:, :, scale].reshape(batch, -1, *size)
+            x = qkv[:, :, scale]  # (B, M, channels of the scale, D, H, W), a view
             if small != (1, 1, 1):
-                x = F.max_pool3d(x, small, small)
-            windows.append(rearrange(x, "b (m h c) (gd nd) (gh nh) (gw nw) -> (b gd gh gw) h (m nd nh nw) c",
-                                     m=m, h=heads, nd=nd, nh=nh, nw=nw))
+                x = _max_pool(x, small)
+            windows.append(rearrange(x, "b m (h c) (gd nd) (gh nh) (gw nw) -> (b gd gh gw) h (m nd nh nw) c",
+                                     h=heads, nd=nd, nh=nh, nw=nw))
             counts.append(windows[-1].shape[0])
         tokens = torch.cat(windows) if len(windows) > 1 else windows[0]
 
         # one batched attention over all windows of all scales
         q, k, v = tokens[..., :dq], tokens[..., dq:2 * dq], tokens[..., 2 * dq:]
-        attn = torch.matmul(q * dq**-0.5, k.transpose(-1, -2))
-        attn.add_(self.position_bias().to(attn.dtype))  # in place: matmul's backward does not need its output
-        attn = attn.softmax(dim=-1)
-        out = dropout_matmul(attn, v, self.attn_drop, self.training)
+        if fast_paths_enabled() and not torch.is_grad_enabled():
+            out = _attention_chunked(q * dq**-0.5, k, v, self.position_bias().to(q.dtype))
+        else:
+            attn = torch.matmul(q * dq**-0.5, k.transpose(-1, -2))
+            attn.add_(self.position_bias().to(attn.dtype))  # in place: matmul's backward does not need its output
+            attn = attn.softmax(dim=-1)
+            out = dropout_matmul(attn, v, self.attn_drop, self.training)
 
         # scatter: tokens back to their small-window grid, upsampled to the big window
         maps = []
@@ -185,6 +188,47 @@ class PairedWindowAttention(nn.Module):
         values = torch.cat(maps, dim=2).reshape(batch, m * self.v_channels, *size)
         weight, bias = self._fused_mixer()
         return list(self.proj_drop(_conv1x1(values, weight, bias, m)).chunk(m, dim=1))
+
+
+def _max_pool(x: torch.Tensor, window: Size3) -> torch.Tensor:
+    """Max-pool the last three dims of ``x`` by non-overlapping ``window``s (any leading dims).
+
+    Without gradients (inference, fast path) as three reductions over a strided view, which on a
+    CPU is about 2x faster than ``max_pool3d`` for 2- and 4-voxel windows and needs no copy of
+    the slice; with gradients ``max_pool3d`` (whose backward routes each gradient to one voxel).
+    """
+    lead, (d, h, w) = x.shape[:-3], x.shape[-3:]
+    sd, sh, sw = window
+    if fast_paths_enabled() and not torch.is_grad_enabled():
+        y = x.unflatten(-1, (w // sw, sw)).amax(-1)
+        y = y.unflatten(-2, (h // sh, sh)).amax(-2)
+        return y.unflatten(-3, (d // sd, sd)).amax(-3)
+    return F.max_pool3d(x.reshape(-1, 1, d, h, w), window, window).view(*lead, d // sd, h // sh, w // sw)
+
+
+def _attention_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                       chunk_bytes: int = 1 << 19) -> torch.Tensor:
+    """``softmax(q k^T + bias) v`` for ``(W, heads, T, d)`` inputs, a few (window, head) pairs at a time.
+
+    Inference only. Each chunk's score matrix (at most ``chunk_bytes``) stays in the CPU's L2
+    cache from the matmul through the softmax to the second matmul, and the bias is added by the
+    matmul itself (``baddbmm``); the whole-tensor version streams every score matrix through
+    memory three times.
+    """
+    wins, heads, t, dv = v.shape
+    qf = q.reshape(wins * heads, t, q.shape[-1])
+    kf = k.transpose(-1, -2).reshape(wins * heads, k.shape[-1], t)
+    vf = v.reshape(wins * heads, t, dv)
+    per = chunk_bytes // (t * t * q.element_size())  # (window, head) pairs per chunk
+    per = per // heads * heads if per >= heads else 1  # whole windows, or a single head
+    bias_chunk = bias.repeat(per // heads, 1, 1) if per >= heads else bias
+    out = torch.empty(wins * heads, t, dv, dtype=v.dtype, device=v.device)
+    for start in range(0, wins * heads, per):
+        stop = min(start + per, wins * heads)
+        b = bias_chunk[: stop - start] if per >= heads else bias[start % heads: start % heads + 1]
+        scores = torch.baddbmm(b, qf[start:stop], kf[start:stop])
+        torch.bmm(scores.softmax(dim=-1), vf[start:stop], out=out[start:stop])
+    return out.view(wins, heads, t, dv)
 
 
 def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
