@@ -209,7 +209,7 @@ def machine(recs: list[dict]) -> list[str]:
     lines = [f"- CPU: {hw['cpu_model']}, {hw['logical_cores']} logical cores ({hw['usable_cores']} usable); "
              f"torch {hw['torch']}, MONAI {hw['monai']}, Python {hw['python']}; {hw['platform']}.",
              f"- Every run: `--threads {recs[0]['job']['threads']}` (torch threads "
-             f"{hw['torch_threads']}), three to six runs at a time (at most two SwinUNETR or DynUNet, for memory)."]
+             f"{hw['torch_threads']}), two to six runs at a time (at most two SwinUNETR or DynUNet, for memory)."]
     if loads1:
         lines.append(f"- The machine was shared: the 1-minute load average when runs started was "
                      f"{loads1[0]:.1f}–{loads1[-1]:.1f} (median {statistics.median(loads1):.1f}) on "
@@ -279,10 +279,10 @@ def render(groups: dict[str, list[dict]], out: Path, png: Path, expected: int | 
           ""]
     L += ["## Machine and load", "", *machine(every), ""]
     L += ["## Commands", "", "```bash",
-          "# everything (resumable: finished runs are skipped), 6 runs at a time, 1 thread each",
+          "# everything (resumable: finished runs are skipped), 2 runs at a time on 2 cores, 1 thread each",
           f"python experiments/run_experiments.py --budget {budget if budget is not None else 1.5:g} "
-          "--parallel 6 --max-heavy 2 --threads 1 --work /tmp/veloxseg-exp --stop-at 18:45",
-          "python experiments/run_experiments.py --retime --repeats 1 --shard 0/2 & python experiments/run_experiments.py --retime --repeats 1 --shard 1/2   # inference times again",
+          "--parallel 2 --threads 1 --work /tmp/veloxseg-exp",
+          "python experiments/run_experiments.py --retime --repeats 1   # inference times again, one run at a time",
           "python experiments/make_results.py        # this document and the plot, from experiments/results/",
           "", "# one run, e.g. UNet on fold 0 (what the script runs for every model and variant):"]
     ex = next((r for r in hecktor if r["job"]["model"] == "unet"), None) or (every[0] if every else None)
@@ -329,11 +329,12 @@ def render(groups: dict[str, list[dict]], out: Path, png: Path, expected: int | 
     else:
         L += ["No run of this group has finished yet.", ""]
     if have_plot:
-        timing = ("Inference times were re-measured after training (`run_experiments.py --retime --shard I/2`, "
-                  "two processes on the two cores, 1 thread each, no training running): a warm-up, then the median "
-                  "of the timed predictions of each held-out case "
-                  "(reading, preprocessing, sliding window, resampling back; not writing). The machine was "
-                  "still shared, so treat small differences as noise (docs/benchmarks.md has clean timings)."
+        timing = ("Inference times were re-measured after all training had finished (`run_experiments.py "
+                  "--retime --repeats 1`: one process, one run after another, 1 thread, no training running; the other core was not always idle), "
+                  "with the code of the time for every model: a warm-up, then a timed prediction of each "
+                  "held-out case (reading, preprocessing, sliding window, resampling back; not writing). "
+                  "Single timings on a virtual machine: treat differences under ~20 % as noise "
+                  "(docs/benchmarks.md has repeated, interleaved timings)."
                   if TIME_KEY == "seconds_retimed" else
                   "Inference times were measured right after each run, 1 thread, while other runs trained beside "
                   "it on a shared, loaded machine: absolute seconds are inflated and noisy (the same model's "
@@ -353,6 +354,10 @@ def render(groups: dict[str, list[dict]], out: Path, png: Path, expected: int | 
           "held-out Dice ≈ 0.00: nothing had been learnt, so that set was stopped and discarded. The set "
           "reported here changed three things, for every model alike: a CPU-time budget (`--budget-clock cpu`), "
           "32×32×64 patches with 1:1 positive/negative crops, and peak lr 2e-3.",
+          "- Code version: the runs were made over two sessions with the code of the time. The training-speed "
+          "work of issue 7 (same computation, faster steps) landed while the last BratsMini runs trained, so "
+          "VeloxSeg runs from then on fit somewhat more epochs into the same CPU budget (epochs are in the "
+          "tables; results written from then on record `code_commit`).",
           "- Nothing else was tuned, and no model got settings of its own."
           + (f" The runs reported here finished between {fin[0]} and {fin[-1]}." if fin else ""), ""]
     L += ["## What is not shown", "",
@@ -476,20 +481,28 @@ def brats_section(recs: list[dict]) -> list[str]:
         return L + ["Not run in this session (the runs are queued last; `python experiments/run_experiments.py "
                     "--groups brats` runs them).", ""]
     names = {"1": "necrosis", "2": "edema", "3": "non-enh.", "4": "enhancing"}
-    L += ["| model | held-out case | " + " | ".join(names.values()) + " | mean over classes | epochs |",
-          "|---|---|" + "---|" * (len(names) + 2)]
+    L += ["Dice per class, its mean over the classes with a defined Dice, and HD95 (mm) averaged over the classes "
+          "where it is defined (both masks non-empty).", "",
+          "| model | held-out case | " + " | ".join(names.values()) + " | mean Dice | mean HD95 (mm) | epochs |",
+          "|---|---|" + "---|" * (len(names) + 3)]
     by_model: dict[str, list[float]] = {}
+    hd_model: dict[str, list[float]] = {}
     for r in sorted(recs, key=lambda r: (MAIN_ORDER.index(r["job"]["model"]), r["job"]["fold"])):
+        hd = case_hd95(r)
         for case, c in r["cases"].items():
             vals = [c["labels"].get(k, {}).get("dice") for k in names]
             defined = [v for v in vals if v is not None]
             m = statistics.fmean(defined) if defined else math.nan
             by_model.setdefault(r["job"]["model"], []).append(m)
+            if case in hd:
+                hd_model.setdefault(r["job"]["model"], []).append(hd[case])
             L.append(f"| {LABELS[r['job']['model']]} | {case} | " + " | ".join(fmt(v if v is not None else math.nan)
                                                                               for v in vals)
-                     + f" | {fmt(m)} | {r['run_info']['epochs_reached']} |")
+                     + f" | {fmt(m)} | {fmt(hd.get(case, math.nan), None, 1)} | {r['run_info']['epochs_reached']} |")
     L.append("")
-    L.append("Mean over cases: " + "; ".join(f"{LABELS[m]} {fmt(*mean_sd(v))}" for m, v in by_model.items())
+    L.append("Mean over cases: " + "; ".join(f"{LABELS[m]} Dice {fmt(*mean_sd(v))}, HD95 "
+                                             f"{fmt(*mean_sd(hd_model.get(m, [])), 1)} mm"
+                                             for m, v in by_model.items())
              + ". Classes absent from a case's reference and prediction have no Dice (–).")
     L.append("")
     return L

@@ -94,7 +94,7 @@ def all_jobs(budget: float, threads: int, groups: list[str]) -> list[Job]:
         jobs += [Job("seeds", h, m, None, k, 3, 1, budget, threads) for k in range(3) for m in ("veloxseg", "unet")]
     if "brats" in groups:  # 4 cases, leave-one-out, at 3 mm (about 27x fewer voxels than 1 mm)
         jobs += [Job("brats", str(BRATS), m, None, k, 4, 0, budget, threads, ["--spacing", "3", "3", "3"])
-                 for k in range(4) for m in ("veloxseg", "unet")]
+                 for k in range(4) for m in MAIN_MODELS]
     return jobs
 
 
@@ -145,6 +145,7 @@ def run_job(job: Job, work: Path) -> dict:
         "run_info": info, "train_wall_seconds_incl_setup": round(train_wall, 1),
         "val_cases": split["val"], "cases": per_case,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code_commit": _commit(),
     }
     job.result_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = job.result_path.with_suffix(".tmp")
@@ -163,6 +164,15 @@ def running_elsewhere(job: Job) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def _commit() -> str | None:
+    """The repository's HEAD commit (the code a run used), or None outside a git checkout."""
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def _num(v: float) -> float | None:
