@@ -16,6 +16,7 @@ import torch
 
 from .. import __version__
 from ..presets import get_preset
+from ..runtime import tune_allocator
 from ..summary import count_flops, count_parameters
 from .measure import ceilings, num_windows, time_repeated
 from .models import DEFAULT_MODELS, build_model, check_models
@@ -149,6 +150,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
 
     cfg.validate()
     assert cfg.size is not None
+    if cfg.device == "cpu":
+        tune_allocator()  # what `veloxseg train` and `predict` run with (veloxseg.runtime); every model alike
     preset = get_preset(cfg.preset)
     in_channels = sum(preset.model["in_channels"])
     input_shape = (1, in_channels, *cfg.size)

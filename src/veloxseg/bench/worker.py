@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..runtime import tune_allocator
 from .measure import current_rss, num_windows, peak_rss, reset_peak_rss, sync
 from .models import build_model, training_loss
 
@@ -99,6 +100,8 @@ def volume(job: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     """Run the job given as JSON in ``argv[0]`` and print its result as one JSON line."""
     job = json.loads(argv[0])
+    if job["device"] == "cpu":
+        tune_allocator()  # as `veloxseg train` and `veloxseg predict` do, for every model alike
     torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
     result = {"train": train_step, "volume": volume}[job["kind"]](job)

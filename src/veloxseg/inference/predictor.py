@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..runtime import tune_allocator
 from .cases import Case, case_from_files
 from .engines import LoadedModel, load_model
 
@@ -114,6 +115,8 @@ class Predictor:
             raise ValueError("--engine onnxruntime runs on the CPU here; use --device cpu, or --engine torch on cuda")
         if threads:
             torch.set_num_threads(int(threads))
+        if device.type == "cpu":
+            tune_allocator()
         return cls(load_model(path, engine, device, threads), device=device, **kwargs)
 
     # -- preprocessing -------------------------------------------------------------------------

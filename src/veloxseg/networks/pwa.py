@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import Conv3d, Dropout, LayerNorm3d, dropout_matmul, fast_paths_enabled, recompute, upsample_trilinear
+from .layers import Conv3d, Dropout, LayerNorm3d, dropout_matmul, fast_paths_enabled, upsample_trilinear
 
 Size3 = tuple[int, int, int]
 
@@ -207,11 +207,11 @@ def _max_pool(x: torch.Tensor, window: Size3) -> torch.Tensor:
 
 
 def _attention_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                       chunk_bytes: int = 1 << 19) -> torch.Tensor:
+                       chunk_bytes: int = 1 << 20) -> torch.Tensor:
     """``softmax(q k^T + bias) v`` for ``(W, heads, T, d)`` inputs, a few (window, head) pairs at a time.
 
-    Inference only. Each chunk's score matrix (at most ``chunk_bytes``) stays in the CPU's L2
-    cache from the matmul through the softmax to the second matmul, and the bias is added by the
+    Inference only. Each chunk's score matrices (at most ``chunk_bytes`` per thread) stay in the CPU's L2
+    caches from the matmul through the softmax to the second matmul, and the bias is added by the
     matmul itself (``baddbmm``); the whole-tensor version streams every score matrix through
     memory three times.
     """
@@ -219,7 +219,7 @@ def _attention_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: 
     qf = q.reshape(wins * heads, t, q.shape[-1])
     kf = k.transpose(-1, -2).reshape(wins * heads, k.shape[-1], t)
     vf = v.reshape(wins * heads, t, dv)
-    per = chunk_bytes // (t * t * q.element_size())  # (window, head) pairs per chunk
+    per = chunk_bytes * torch.get_num_threads() // (t * t * q.element_size())  # (window, head) pairs per chunk
     per = per // heads * heads if per >= heads else 1  # whole windows, or a single head
     bias_chunk = bias.repeat(per // heads, 1, 1) if per >= heads else bias
     out = torch.empty(wins * heads, t, dv, dtype=v.dtype, device=v.device)
@@ -260,5 +260,4 @@ class PWABlock(nn.Module):
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         attended = self.attn([norm(x) for norm, x in zip(self.norm1, xs)])
         xs = [x + a for x, a in zip(xs, attended)]
-        # the FFN's LayerNorm + 1x1 conv + GELU + 1x1 conv is recomputed in the backward (training, fast path)
-        return [x + ffn[-1](recompute(ffn[:-1], x)) for ffn, x in zip(self.ffn, xs)]
+        return [x + ffn(x) for ffn, x in zip(self.ffn, xs)]
