@@ -153,15 +153,25 @@ class PairedWindowAttention(nn.Module):
         qkv = qkv.view(batch, m, self.num_scales, -1, *size)
 
         # gather: one salient token per small window, n tokens per big window, modalities on the token axis
-        windows, counts = [], []
+        direct = fast_paths_enabled() and not torch.is_grad_enabled()  # write each scale in place: one copy
+        counts = [batch * math.prod(s // b for s, b in zip(size, big)) for big, _ in self.pairs]
+        tokens = qkv.new_empty(sum(counts), heads, m * nd * nh * nw, qkv.shape[3] // heads) if direct else None
+        windows, offset = [], 0
         for scale, (_, small) in enumerate(self.pairs):
             x = qkv[:, :, scale]  # (B, M, channels of the scale, D, H, W), a view
             if small != (1, 1, 1):
                 x = _max_pool(x, small)
-            windows.append(rearrange(x, "b m (h c) (gd nd) (gh nh) (gw nw) -> (b gd gh gw) h (m nd nh nw) c",
-                                     h=heads, nd=nd, nh=nh, nw=nw))
-            counts.append(windows[-1].shape[0])
-        tokens = torch.cat(windows) if len(windows) > 1 else windows[0]
+            pattern = "b m (h c) (gd nd) (gh nh) (gw nw) -> b gd gh gw h m nd nh nw c"
+            if tokens is not None:
+                slot = tokens[offset:offset + counts[scale]]
+                source = rearrange(x, pattern, h=heads, nd=nd, nh=nh, nw=nw)
+                slot.view(source.shape).copy_(source)
+                offset += counts[scale]
+            else:
+                windows.append(rearrange(x, "b m (h c) (gd nd) (gh nh) (gw nw) -> (b gd gh gw) h (m nd nh nw) c",
+                                         h=heads, nd=nd, nh=nh, nw=nw))
+        if tokens is None:
+            tokens = torch.cat(windows) if len(windows) > 1 else windows[0]
 
         # one batched attention over all windows of all scales
         q, k, v = tokens[..., :dq], tokens[..., dq:2 * dq], tokens[..., 2 * dq:]
@@ -174,18 +184,29 @@ class PairedWindowAttention(nn.Module):
             out = dropout_matmul(attn, v, self.attn_drop, self.training)
 
         # scatter: tokens back to their small-window grid, upsampled to the big window
-        maps = []
+        values = out.new_empty(batch, m, self.v_channels, *size) if direct else None
+        maps, first = [], 0
         for (big, small), o in zip(self.pairs, out.split(counts)):
-            gd, gh, gw = (s // b for s, b in zip(size, big))
+            grid = {"b": batch, **{g: s // b for g, s, b in zip(("gd", "gh", "gw"), size, big)}}
             if small == (1, 1, 1):
-                maps.append(rearrange(o, "(b gd gh gw) h (m nd nh nw) c -> b m (h c) (gd nd) (gh nh) (gw nw)",
-                                      b=batch, gd=gd, gh=gh, gw=gw, nd=nd, nh=nh, nw=nw))
+                split = "b m h c gd nd gh nh gw nw"
+                merged = "b m (h c) (gd nd) (gh nh) (gw nw)"
+                o = rearrange(o, f"(b gd gh gw) h (m nd nh nw) c -> {split if direct else merged}",
+                              nd=nd, nh=nh, nw=nw, **grid)
+            else:
+                o = rearrange(o, "w h (m nd nh nw) c -> w (m h c) nd nh nw", nd=nd, nh=nh, nw=nw)
+                o = upsample_trilinear(o, big, align_corners=True)
+                split = "b m c gd nd gh nh gw nw"
+                merged = "b m c (gd nd) (gh nh) (gw nw)"
+                o = rearrange(o, f"(b gd gh gw) (m c) nd nh nw -> {split if direct else merged}", m=m, **grid)
+            if values is None:
+                maps.append(o)
                 continue
-            o = rearrange(o, "w h (m nd nh nw) c -> w (m h c) nd nh nw", nd=nd, nh=nh, nw=nw)
-            o = upsample_trilinear(o, big, align_corners=True)
-            maps.append(rearrange(o, "(b gd gh gw) (m c) d h w -> b m c (gd d) (gh h) (gw w)",
-                                  b=batch, gd=gd, gh=gh, gw=gw, m=m))
-        values = torch.cat(maps, dim=2).reshape(batch, m * self.v_channels, *size)
+            width = math.prod(o.shape[2:-6])  # the scale's value channels (h c, or c)
+            slot = values[:, :, first:first + width]  # (B, M, width, D, H, W), written through a view
+            slot.view(o.shape).copy_(o)
+            first += width
+        values = (values if values is not None else torch.cat(maps, dim=2)).reshape(batch, m * self.v_channels, *size)
         weight, bias = self._fused_mixer()
         return list(self.proj_drop(_conv1x1(values, weight, bias, m)).chunk(m, dim=1))
 
