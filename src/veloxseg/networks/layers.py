@@ -92,6 +92,15 @@ def recompute(fn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return checkpoint(fn, x, use_reentrant=False, preserve_rng_state=False)
 
 
+def matmul_narrow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for a narrow ``b`` (attention weights times 4-8 value channels), computed as ``(b^T a^T)^T``.
+
+    MKL's GEMM is slow when the output's last dimension is that small: for 432x432 times 432x8,
+    147 us as ``a @ b`` vs 42 us transposed. The result is a transposed view.
+    """
+    return torch.matmul(b.transpose(-1, -2), a.transpose(-1, -2)).transpose(-1, -2)
+
+
 class _DropoutMatmul(torch.autograd.Function):
     """``dropout(a) @ b`` keeping only ``a``, ``b`` and a seed: the dropped ``a`` (what a matmul saves)
     is rebuilt in the backward from the regenerated mask. For attention, ``a`` is the softmax output,
@@ -101,23 +110,24 @@ class _DropoutMatmul(torch.autograd.Function):
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
         ctx.seed, ctx.p = int(torch.empty((), dtype=torch.int64).random_().item()), p
         ctx.save_for_backward(a, b)
-        return torch.matmul(a * _keep_mask(a, p, ctx.seed), b)
+        return matmul_narrow(a * _keep_mask(a, p, ctx.seed), b)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         a, b = ctx.saved_tensors
         mask = _keep_mask(a, ctx.p, ctx.seed)
-        grad_b = torch.matmul((a * mask).transpose(-1, -2), grad) if ctx.needs_input_grad[1] else None
+        # grad_b = (a * mask)^T @ grad: narrow again, so transposed as in the forward
+        grad_b = matmul_narrow((a * mask).transpose(-1, -2), grad) if ctx.needs_input_grad[1] else None
         grad_a = torch.matmul(grad, b.transpose(-1, -2)).mul_(mask) if ctx.needs_input_grad[0] else None
         return grad_a, grad_b, None
 
 
 def dropout_matmul(a: torch.Tensor, b: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``dropout(a, p) @ b`` (attention weights times values); leaner in training on the fast CPU path."""
-    if not training or p == 0.0:
-        return torch.matmul(a, b)
-    if not fast_paths_enabled() or a.device.type != "cpu" or a.shape[:-2] != b.shape[:-2]:
-        return torch.matmul(F.dropout(a, p, True), b)
+    """``dropout(a, p) @ b`` (attention weights times values); faster and leaner on the fast CPU path."""
+    if not fast_paths_enabled() or a.device.type != "cpu":
+        return torch.matmul(F.dropout(a, p, True) if training and p > 0 else a, b)
+    if not training or p == 0.0 or a.shape[:-2] != b.shape[:-2]:
+        return matmul_narrow(a, b)
     return _DropoutMatmul.apply(a, b, p)
 
 
