@@ -15,7 +15,7 @@ def tiny(tmp_path_factory):
     """The whole bench machinery on a 32^3 input, two models, minimal repetitions."""
     out = tmp_path_factory.mktemp("bench")
     argv = ["bench", "--models", "veloxseg,unet", "--size", "32", "--threads", "1", "--seconds", "0",
-            "--min-reps", "1", "--train-steps", "1", "--train-threads", "1", "--volume", "2x40x40x36",
+            "--min-reps", "1", "--rounds", "2", "--train-steps", "1", "--train-threads", "1", "--volume", "2x40x40x36",
             "--json", str(out / "b.json"), "--markdown", str(out / "b.md"), "--no-progress"]
     assert main(argv) == 0
     return json.loads((out / "b.json").read_text()), (out / "b.md").read_text(), out

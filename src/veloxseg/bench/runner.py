@@ -45,7 +45,7 @@ class BenchConfig:
     size: list[int] | None = None
     train_batch: int = 2
     train_steps: int = 3
-    rounds: int = 2
+    rounds: int = 3
     train_threads: int = field(default_factory=default_threads)
     volume: list[int] = field(default_factory=lambda: [2, 400, 400, 300])
     volume_models: list[str] = field(default_factory=lambda: ["veloxseg"])

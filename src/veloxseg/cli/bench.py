@@ -35,9 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="thread count(s) for inference and the ceiling, e.g. 1 or 1,2 (default 1, the paper's)")
     p.add_argument("--seconds", type=float, default=1.0, help="at least this long timing each model (default 1)")
     p.add_argument("--min-reps", type=int, default=3, help="at least this many timed forwards (default 3)")
-    p.add_argument("--rounds", type=int, default=2,
+    p.add_argument("--rounds", type=int, default=3,
                    help="time inference and the whole volume this many times, interleaved over the models, and "
-                        "keep each model's best round (default 2)")
+                        "keep each model's best round (default 3)")
     p.add_argument("--size", type=lambda s: _ints(s, "x"), default=None,
                    help="input patch DxHxW or one side (default: the preset's, 96x96x96 for autopet)")
     p.add_argument("--train-batch", type=int, default=2)
