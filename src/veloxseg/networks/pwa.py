@@ -153,29 +153,28 @@ class PairedWindowAttention(nn.Module):
         qkv = qkv.view(batch, m, self.num_scales, -1, *size)
 
         # gather: one salient token per small window, n tokens per big window, modalities on the token axis
-        direct = fast_paths_enabled() and not torch.is_grad_enabled()  # write each scale in place: one copy
+        direct = fast_paths_enabled() and not torch.is_grad_enabled()  # inference: one copy per scale, no cat
         counts = [batch * math.prod(s // b for s, b in zip(size, big)) for big, _ in self.pairs]
         tokens = qkv.new_empty(sum(counts), heads, m * nd * nh * nw, qkv.shape[3] // heads) if direct else None
         windows, offset = [], 0
+        split, merged = "b gd gh gw h m nd nh nw c", "(b gd gh gw) h (m nd nh nw) c"
         for scale, (_, small) in enumerate(self.pairs):
             x = qkv[:, :, scale]  # (B, M, channels of the scale, D, H, W), a view
             if small != (1, 1, 1):
                 x = _max_pool(x, small)
-            pattern = "b m (h c) (gd nd) (gh nh) (gw nw) -> b gd gh gw h m nd nh nw c"
-            if tokens is not None:
-                slot = tokens[offset:offset + counts[scale]]
-                source = rearrange(x, pattern, h=heads, nd=nd, nh=nh, nw=nw)
-                slot.view(source.shape).copy_(source)
-                offset += counts[scale]
-            else:
-                windows.append(rearrange(x, "b m (h c) (gd nd) (gh nh) (gw nw) -> (b gd gh gw) h (m nd nh nw) c",
-                                         h=heads, nd=nd, nh=nh, nw=nw))
+            x = rearrange(x, f"b m (h c) (gd nd) (gh nh) (gw nw) -> {split if direct else merged}",
+                          h=heads, nd=nd, nh=nh, nw=nw)
+            if tokens is None:
+                windows.append(x)
+                continue
+            tokens[offset:offset + counts[scale]].view(x.shape).copy_(x)
+            offset += counts[scale]
         if tokens is None:
             tokens = torch.cat(windows) if len(windows) > 1 else windows[0]
 
         # one batched attention over all windows of all scales
         q, k, v = tokens[..., :dq], tokens[..., dq:2 * dq], tokens[..., 2 * dq:]
-        if fast_paths_enabled() and not torch.is_grad_enabled():
+        if direct:
             out = _attention_chunked(q * dq**-0.5, k, v, self.position_bias().to(q.dtype))
         else:
             attn = torch.matmul(q * dq**-0.5, k.transpose(-1, -2))
