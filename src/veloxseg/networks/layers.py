@@ -65,16 +65,20 @@ def _keep_mask(like: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     return mask.mul_(1.0 / (1.0 - p))
 
 
+def _draw_seed() -> int:
+    """A mask seed from PyTorch's global generator, so ``torch.manual_seed`` keeps runs reproducible."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
+
+
 class _Dropout(torch.autograd.Function):
     """Inverted dropout that keeps no mask for the backward: it regenerates it from a saved seed.
 
-    The seed is drawn from PyTorch's global generator, so ``torch.manual_seed`` still makes a run
-    reproducible. Saves the float mask (the size of the input) per dropout layer in training.
+    This saves keeping a float mask the size of the input per dropout layer in training.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.seed, ctx.p = int(torch.empty((), dtype=torch.int64).random_().item()), p
+        ctx.seed, ctx.p = _draw_seed(), p
         return x * _keep_mask(x, p, ctx.seed)
 
     @staticmethod
@@ -87,7 +91,7 @@ def recompute(fn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     For cheap, deterministic parts (no dropout inside) whose intermediate maps are large.
     """
-    if not (_FAST and torch.is_grad_enabled() and x.requires_grad):
+    if not (fast_paths_enabled() and torch.is_grad_enabled() and x.requires_grad):
         return fn(x)
     return checkpoint(fn, x, use_reentrant=False, preserve_rng_state=False)
 
@@ -108,7 +112,7 @@ class _DropoutMatmul(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.seed, ctx.p = int(torch.empty((), dtype=torch.int64).random_().item()), p
+        ctx.seed, ctx.p = _draw_seed(), p
         ctx.save_for_backward(a, b)
         return matmul_narrow(a * _keep_mask(a, p, ctx.seed), b)
 
@@ -126,8 +130,10 @@ def dropout_matmul(a: torch.Tensor, b: torch.Tensor, p: float, training: bool) -
     """``dropout(a, p) @ b`` (attention weights times values); faster and leaner on the fast CPU path."""
     if not fast_paths_enabled() or a.device.type != "cpu":
         return torch.matmul(F.dropout(a, p, True) if training and p > 0 else a, b)
-    if not training or p == 0.0 or a.shape[:-2] != b.shape[:-2]:
+    if not training or p == 0.0:
         return matmul_narrow(a, b)
+    if a.shape[:-2] != b.shape[:-2]:  # broadcasting: the fused function assumes equal batch shapes
+        return matmul_narrow(dropout(a, p, True), b)
     return _DropoutMatmul.apply(a, b, p)
 
 
