@@ -152,8 +152,10 @@ def document(result: dict[str, Any], note: str | None = None, image: str | None 
               f"torch {m['torch']}, MONAI {m['monai']}, veloxseg {m['veloxseg']}, Python {m['python']}; {m['date']}.",
               "", "Protocol: inference is eval mode, no gradients, batch 1, after a warm-up, the median of timed "
               "forwards over at least the given seconds, in `--rounds` rounds interleaved over the models, of "
-              "which each model's best is reported; FLOPs are PyTorch's `FlopCounterMode` (2 per "
-              "multiply-add). The ceilings are measured in the same run with the same thread counts; "
+              "which each model's best is reported. VeloxSeg is timed again right before every other model, and "
+              "'time × VeloxSeg' is the median over the rounds of the model's time over that adjacent VeloxSeg "
+              "time (VeloxSeg's own figure is the best of all its timings). FLOPs are PyTorch's "
+              "`FlopCounterMode` (2 per multiply-add). The ceilings are measured in the same run with the same thread counts; "
               "'% conv ceiling' is the model's achieved GFLOP/s over the dense 5×5×5 conv's (each ceiling is "
               "the better of a run before and one after the models). Training steps are timed after a warm-up "
               "step (at least `--train-steps`, and more until the given seconds); the fastest step is compared "

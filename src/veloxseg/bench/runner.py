@@ -7,6 +7,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -181,25 +182,38 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
             del model
             bar.update()
         # inference timing in rounds over all models, keeping each model's best round: a slow spell of
-        # the machine then hits one round of one model, not the figure (run-to-run reproducibility)
-        for rnd in range(cfg.rounds if "throughput" not in cfg.skip else 0):
+        # the machine then hits one round of one model, not the figure (run-to-run reproducibility).
+        # VeloxSeg is timed again right before every other model, and each model's time ratio is the
+        # median over rounds of its ratio to that adjacent VeloxSeg time: both see the same machine state.
+        ref = "veloxseg" if "veloxseg" in cfg.models else None
+        timed = "throughput" not in cfg.skip
+        ref_model = build_model(ref, cfg.preset, cfg.size).to(cfg.device) if ref and timed else None
+        x = torch.randn(input_shape, device=cfg.device)
+
+        def forward_time(model: torch.nn.Module) -> dict[str, Any]:
+            with torch.no_grad():
+                return time_repeated(lambda: model(x), cfg.seconds, cfg.min_reps, device=cfg.device)
+
+        for rnd in range(cfg.rounds if timed else 0):
             for name in cfg.models:
-                entry = result["models"][name]
-                model = build_model(name, cfg.preset, cfg.size).to(cfg.device)
-                x = torch.randn(input_shape, device=cfg.device)
+                model = ref_model if name == ref else build_model(name, cfg.preset, cfg.size).to(cfg.device)
                 for t in cfg.threads:
                     task(f"{name}: inference, {t} thread(s), round {rnd + 1}/{cfg.rounds}")
                     torch.set_num_threads(t)
-                    with torch.no_grad():
-                        timing = time_repeated(lambda m=model, x=x: m(x), cfg.seconds, cfg.min_reps, device=cfg.device)
-                    best = entry["throughput"].get(str(t))
-                    medians = (best or {}).get("round_medians", []) + [timing["median"]]
-                    if best is None or timing["median"] < best["median"]:
-                        best = timing
-                    entry["throughput"][str(t)] = dict(best, round_medians=medians)
+                    reference = None
+                    if ref_model is not None and name != ref:
+                        reference = forward_time(ref_model)
+                        _keep_best(result["models"][ref]["throughput"], str(t), reference)
+                    timing = forward_time(model)
+                    _keep_best(result["models"][name]["throughput"], str(t), timing)
+                    if reference is not None:
+                        ratios = result["models"][name]["throughput"][str(t)].setdefault("ratio_rounds", [])
+                        ratios.append(timing["median"] / reference["median"])
                     bar.update()
-                del model
+                if name != ref:
+                    del model
                 gc.collect()
+        del ref_model
         worker_base = {"preset": cfg.preset, "size": cfg.size, "device": cfg.device, "threads": cfg.train_threads,
                        "in_channels": in_channels}
         if "train" not in cfg.skip:
@@ -239,6 +253,18 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     return result
 
 
+def _keep_best(throughput: dict[str, Any], threads: str, timing: dict[str, Any]) -> None:
+    """Record ``timing`` in ``round_medians`` and keep it as the figure when it is the fastest so far."""
+    best = throughput.get(threads)
+    medians = (best or {}).get("round_medians", []) + [timing["median"]]
+    ratios = (best or {}).get("ratio_rounds")
+    if best is None or timing["median"] < best["median"]:
+        best = timing
+    throughput[threads] = dict(best, round_medians=medians)
+    if ratios is not None:
+        throughput[threads]["ratio_rounds"] = ratios
+
+
 def derive(result: dict[str, Any]) -> None:
     """Add the derived figures: images/s, GFLOP/s, fractions of the ceilings, ratios to VeloxSeg."""
     models = result["models"]
@@ -255,7 +281,9 @@ def derive(result: dict[str, Any]) -> None:
                 if ceil:
                     timing["conv_fraction"] = timing["gflops_per_s"] / ceil["conv"]["gflops"]
                     timing["matmul_fraction"] = timing["gflops_per_s"] / ceil["matmul"]["gflops"]
-            if ref and t in ref.get("throughput", {}):
+            if timing.get("ratio_rounds"):  # per round, against VeloxSeg timed right before
+                timing["time_vs_veloxseg"] = statistics.median(timing["ratio_rounds"])
+            elif ref and t in ref.get("throughput", {}):
                 timing["time_vs_veloxseg"] = timing["median"] / ref["throughput"][t]["median"]
         tp = entry.get("throughput", {})
         if "1" in tp and "2" in tp:

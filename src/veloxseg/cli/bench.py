@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-reps", type=int, default=3, help="at least this many timed forwards (default 3)")
     p.add_argument("--rounds", type=int, default=3,
                    help="time inference and the whole volume this many times, interleaved over the models, and "
-                        "keep each model's best round (default 3)")
+                        "keep each model's best round; VeloxSeg is timed next to every other model and the time "
+                        "ratios are medians of per-round ratios (default 3)")
     p.add_argument("--size", type=lambda s: _ints(s, "x"), default=None,
                    help="input patch DxHxW or one side (default: the preset's, 96x96x96 for autopet)")
     p.add_argument("--train-batch", type=int, default=2)
