@@ -203,6 +203,9 @@ def plot(result: dict[str, Any], path: str) -> None:
         ax.set_title(title)
     for ax in axes:
         ax.tick_params(axis="x", rotation=45, labelsize=8)
+        for label in ax.get_xticklabels():  # anchor each rotated name at its bar, not centred on it
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
     fig.suptitle(f"veloxseg bench: preset {result['config']['preset']}, input "
                  f"{'x'.join(map(str, result['config']['size']))}, {result['machine']['cpu']}", fontsize=9)
     fig.tight_layout()
