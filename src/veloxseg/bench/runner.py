@@ -200,15 +200,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
                 for t in cfg.threads:
                     task(f"{name}: inference, {t} thread(s), round {rnd + 1}/{cfg.rounds}")
                     torch.set_num_threads(t)
-                    reference = None
-                    if ref_model is not None and name != ref:
-                        reference = forward_time(ref_model)
-                        _keep_best(result["models"][ref]["throughput"], str(t), reference)
-                    timing = forward_time(model)
-                    _keep_best(result["models"][name]["throughput"], str(t), timing)
+                    reference = forward_time(ref_model) if ref_model is not None and name != ref else None
                     if reference is not None:
-                        ratios = result["models"][name]["throughput"][str(t)].setdefault("ratio_rounds", [])
-                        ratios.append(timing["median"] / reference["median"])
+                        _record(result["models"][ref]["throughput"], str(t), reference)
+                    timing = forward_time(model)
+                    ratio = None if reference is None else timing["median"] / reference["median"]
+                    _record(result["models"][name]["throughput"], str(t), timing, ratio)
                     bar.update()
                 if name != ref:
                     del model
@@ -253,16 +250,14 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     return result
 
 
-def _keep_best(throughput: dict[str, Any], threads: str, timing: dict[str, Any]) -> None:
-    """Record ``timing`` in ``round_medians`` and keep it as the figure when it is the fastest so far."""
-    best = throughput.get(threads)
-    medians = (best or {}).get("round_medians", []) + [timing["median"]]
-    ratios = (best or {}).get("ratio_rounds")
-    if best is None or timing["median"] < best["median"]:
-        best = timing
-    throughput[threads] = dict(best, round_medians=medians)
-    if ratios is not None:
-        throughput[threads]["ratio_rounds"] = ratios
+def _record(throughput: dict[str, Any], threads: str, timing: dict[str, Any], ratio: float | None = None) -> None:
+    """Add one round's ``timing`` (and its ratio to the adjacent VeloxSeg time); the fastest round is the figure."""
+    old = throughput.get(threads, {})
+    entry = dict(timing if not old or timing["median"] < old["median"] else old)
+    entry["round_medians"] = old.get("round_medians", []) + [timing["median"]]
+    if ratio is not None:
+        entry["ratio_rounds"] = old.get("ratio_rounds", []) + [ratio]
+    throughput[threads] = entry
 
 
 def derive(result: dict[str, Any]) -> None:
