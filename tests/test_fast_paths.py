@@ -104,3 +104,19 @@ def test_pixel_shuffle_head_in_depth_slabs_matches_whole_conv():
         for slab_bytes in (1, 24 * 5 * 6 * 4 * 3, 1 << 30):  # one slice, 3 slices (7 = 3 + 3 + 1), all at once
             assert torch.allclose(head._forward_slabs(x, slab_bytes), expected, atol=1e-5)
         assert torch.allclose(head(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch,channels,groups,size,bias", [(1, (16, 16), 4, 24, True), (2, (64, 128), 1, 6, True),
+                                                             (1, (256, 128), 2, 3, True), (2, (32, 8), 4, 12, False)])
+def test_pointwise_conv_as_gemm_matches_conv3d(batch, channels, groups, size, bias):
+    from veloxseg.networks.layers import Conv3d, conv1x1_gemm
+
+    conv = Conv3d(channels[0], channels[1], 1, groups=groups, bias=bias)
+    x = torch.randn(batch, channels[0], size, size, size)
+    expected = torch.nn.functional.conv3d(x, conv.weight, conv.bias, groups=groups)
+    with torch.no_grad():
+        direct = conv1x1_gemm(x, conv.weight, conv.bias, groups)
+        through_module = conv(x)  # the fast path takes the GEMM for small maps and narrow groups
+    assert direct.shape == expected.shape and direct.is_contiguous()
+    assert torch.allclose(direct, expected, atol=1e-5)
+    assert torch.allclose(through_module, expected, atol=1e-5)

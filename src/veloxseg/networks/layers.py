@@ -8,6 +8,8 @@ computed (see docs/benchmarks.md for the figures):
   slow im2col path that is 3x slower.
 - :class:`InstanceNorm3d` is computed as a GroupNorm with one channel per group (identical
   maths, without the reshape copies of PyTorch's instance norm; 5x faster at 24^3).
+- At inference, 1x1x1 convs on small maps or in narrow groups are one matrix product per group
+  (:func:`conv1x1_gemm`), skipping oneDNN's per-call set-up.
 
 :func:`fast_paths` switches both back to PyTorch's defaults (the straightforward path), which
 the equivalence tests compare against. Tracing and ONNX export always use the default ops.
@@ -153,6 +155,34 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+_GEMM_1X1 = True  # switch for A/B measurements of conv1x1_gemm; fast_paths(False) turns it off too
+
+
+def _pointwise(stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> bool:
+    return all(v == 1 for v in stride) and all(v == 0 for v in padding) and all(v == 1 for v in dilation)
+
+
+def conv1x1_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1) -> torch.Tensor:
+    """A (grouped) 1x1x1 conv of a channels-first ``(B, C, D, H, W)`` map as one matrix product per group.
+
+    ``out[g] = W[g] @ x[g] + b[g]`` on the ``(channels, voxels)`` view. On a CPU this beats oneDNN's
+    conv for small maps (levels 2-3: 54 -> 38 us at 1 thread, 66 -> 23 us at 2 threads for 128 -> 64
+    channels at 6^3) and for narrow groups at any size (the JLC 1x1 branch, 16 channels in groups of
+    4 at 24^3: 212 -> 44 us), where oneDNN's per-call set-up dominates.
+    """
+    b, cin = x.shape[:2]
+    cout = weight.shape[0]
+    w = weight.view(groups, cout // groups, cin // groups)
+    xs = x.reshape(b, groups, cin // groups, -1)
+    if b == 1 and bias is not None:
+        out = torch.baddbmm(bias.view(groups, -1, 1), w, xs[0])
+    else:
+        out = torch.matmul(w, xs)
+        if bias is not None:
+            out = out.add_(bias.view(groups, -1, 1))
+    return out.view(b, cout, *x.shape[2:])
+
+
 class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` that takes oneDNN directly on CPU float32 (same result, faster for batch-1 3-D convs)."""
 
@@ -161,6 +191,9 @@ class Conv3d(nn.Conv3d):
              padding: Sequence[int] = (0, 0, 0), dilation: Sequence[int] = (1, 1, 1), groups: int = 1) -> torch.Tensor:
         """``F.conv3d`` with the fast CPU kernel when it applies."""
         if _FAST and x.device.type == "cpu" and x.dtype == torch.float32 and not _exporting():
+            if _GEMM_1X1 and weight.shape[2:] == (1, 1, 1) and _pointwise(stride, padding, dilation) \
+                    and not torch.is_grad_enabled() and (x[0, 0].numel() <= 1728 or groups >= 4):
+                return conv1x1_gemm(x, weight, bias, groups)
             return torch.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups)
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
 
