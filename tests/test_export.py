@@ -102,6 +102,7 @@ def test_prediction_engines_agree(tmp_path, ckpt, case_dir, exported):
     onnx_path = exported["onnx"]
     runs = {
         "torch": ["-m", str(ckpt)],
+        "eager": ["-m", str(ckpt), "--engine", "eager"],
         "ort_from_ckpt": ["-m", str(ckpt), "--engine", "onnxruntime"],
         "ort_from_file": ["-m", str(onnx_path), "--engine", "onnxruntime"],
     }
@@ -112,7 +113,7 @@ def test_prediction_engines_agree(tmp_path, ckpt, case_dir, exported):
         img = nib.load(str(out / "p1.nii.gz"))
         assert img.shape == (40, 36, 30) and np.array_equal(img.affine, nib.load(str(case_dir / "p1_0000.nii.gz")).affine)
         results[name] = np.asarray(img.dataobj)
-    for name in ("ort_from_ckpt", "ort_from_file"):
+    for name in ("eager", "ort_from_ckpt", "ort_from_file"):
         assert np.mean(results[name] == results["torch"]) >= 0.999
     assert len(np.unique(results["torch"])) > 1  # a random network still predicts several classes
 

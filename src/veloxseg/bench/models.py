@@ -64,7 +64,9 @@ def build_model(name: str, preset: str, size: Sequence[int], train: bool = False
     """Model ``name`` for ``preset``'s channels and classes at patch ``size``.
 
     ``train=False`` gives the deployed network in eval mode (VeloxSeg without teachers or
-    deep-supervision heads); ``train=True`` the full training network in train mode.
+    deep-supervision heads, run on a CPU as the frozen TorchScript graph `veloxseg predict` uses;
+    its straightforward row runs eagerly on PyTorch's default ops); ``train=True`` the full
+    training network in train mode.
     """
     p = get_preset(preset)
     size3 = tuple(int(s) for s in size)
@@ -74,7 +76,11 @@ def build_model(name: str, preset: str, size: Sequence[int], train: bool = False
         model = build_baseline(name, sum(p.model["in_channels"]), p.model["out_channels"], size3)
         return model.train() if train else model.eval()
     model = _veloxseg(name, preset, size3)  # type: ignore[arg-type]
-    return model.train() if train else model.for_inference()  # type: ignore[operator]
+    if train:
+        return model.train()
+    from ..inference.graph import FrozenGraph
+
+    return FrozenGraph(model.for_inference())  # type: ignore[operator]  # as `veloxseg predict` runs it on a CPU
 
 
 def training_loss(name: str) -> LossFn:

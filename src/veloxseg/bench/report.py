@@ -122,9 +122,12 @@ def markdown(result: dict[str, Any]) -> str:
 
 MODELS_NOTE = (
     "Models: `veloxseg` is the deployed network (no teachers, no deep-supervision heads; in training, the "
-    "full network with both texture teachers and `VeloxSegLoss`). `veloxseg-straightforward` is the same network "
-    "and loss with veloxseg's fast CPU kernels switched off (PyTorch's default ops): the before/after of the "
-    "CPU optimisations, from the same command. The baselines are MONAI's "
+    "full network with both texture teachers and `VeloxSegLoss`), run for inference as `veloxseg predict` runs it "
+    "on a CPU: traced on its first forward into a frozen TorchScript graph with the fast CPU kernels (in the "
+    "warm-up; the whole-volume rows include that second). `veloxseg-straightforward` is the same network "
+    "and loss run eagerly with veloxseg's fast CPU kernels switched off (PyTorch's default ops): the before/after "
+    "of the CPU optimisations, from the same command. The baselines run eagerly, as MONAI's users run them; "
+    "they are MONAI's "
     "(`src/veloxseg/baselines.py`): UNet with channels 16–256 and two residual units per level; UNETR with "
     "ViT-B/16 and feature size 16; SwinUNETR with feature size 48; SegResNet with 16 initial filters; DynUNet "
     "configured like nnU-Net's 3D full-resolution U-Net (32–320 filters, 5 stages at 96³, deep supervision). "

@@ -1,4 +1,5 @@
-"""Where the network runs: eager PyTorch, a TorchScript file, or onnxruntime.
+"""Where the network runs: PyTorch (on a CPU as a frozen TorchScript graph), eager PyTorch, a TorchScript
+file, or onnxruntime.
 
 A :class:`LoadedModel` bundles an engine (a callable ``(B, C, *patch) float32 -> (B, K, *patch)``
 logits) with what prediction needs from the checkpoint: the preprocessing plan, labels and channel
@@ -25,16 +26,27 @@ from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-ENGINES: tuple[str, ...] = ("torch", "onnxruntime")
+#: ``torch``: PyTorch, on a CPU through a frozen TorchScript graph traced on first use (:mod:`.graph`);
+#: ``eager``: PyTorch without tracing; ``onnxruntime``: the network exported to ONNX.
+ENGINES: tuple[str, ...] = ("torch", "eager", "onnxruntime")
 Engine = Callable[[torch.Tensor], torch.Tensor]
 
 
 class TorchEngine:
-    """Run an eval-mode module (eager or TorchScript) under ``torch.inference_mode``."""
+    """Run an eval-mode module (eager or TorchScript) under ``torch.inference_mode``.
 
-    def __init__(self, module: nn.Module, device: str | torch.device = "cpu") -> None:
+    With ``graph=True`` on a CPU the module runs as a :class:`~.graph.FrozenGraph` (traced once per
+    window shape, about 1 s, then about 10 % faster per window).
+    """
+
+    def __init__(self, module: nn.Module, device: str | torch.device = "cpu", graph: bool = False) -> None:
         self.device = torch.device(device)
-        self.module = module.to(self.device).eval()
+        module = module.to(self.device).eval()
+        if graph and self.device.type == "cpu" and not isinstance(module, torch.jit.ScriptModule):
+            from .graph import FrozenGraph
+
+            module = FrozenGraph(module)
+        self.module = module
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -123,10 +135,10 @@ def is_exported_model(path: str | os.PathLike) -> bool:
 
 def load_model(path: str | os.PathLike, engine: str = "torch", device: str | torch.device = "cpu",
                threads: int | None = None) -> LoadedModel:
-    """Load a checkpoint or an exported model to run with ``engine`` (``torch`` or ``onnxruntime``).
+    """Load a checkpoint or an exported model to run with ``engine`` (one of :data:`ENGINES`).
 
     A checkpoint with ``engine="onnxruntime"`` is exported to ONNX in memory first. An exported
-    ``.onnx`` file always runs with onnxruntime, a TorchScript export with PyTorch.
+    ``.onnx`` file always runs with onnxruntime, a TorchScript export with PyTorch (as it is).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -145,8 +157,8 @@ def load_model(path: str | os.PathLike, engine: str = "torch", device: str | tor
     except Exception as err:
         raise InputError(f"{path}: the weights do not fit the stored model ({type(err).__name__}: {err})") from None
     info = {"model_name": ckpt.get("model_name"), "versions": ckpt.get("versions")}
-    if engine == "torch":
-        run: Engine = TorchEngine(module, device)
+    if engine in ("torch", "eager"):
+        run: Engine = TorchEngine(module, device, graph=engine == "torch")
     else:
         run = OnnxEngine(_onnx_bytes(module, len(channel_names), plan["patch_size"]), threads)
     return LoadedModel(run, plan, _labels(ckpt.get("labels")), channel_names, path, engine, info)
@@ -166,7 +178,7 @@ def _load_exported(path: Path, engine: str, device: str | torch.device, threads:
         engine = "onnxruntime"
     elif fmt == "torchscript":
         if engine == "onnxruntime":
-            raise InputError(f"{path}: a TorchScript export runs with --engine torch; export to ONNX for onnxruntime")
+            raise InputError(f"{path}: a TorchScript export runs with --engine torch (or eager); export to ONNX for onnxruntime")
         try:
             with warnings.catch_warnings():  # torch notes that TorchScript is deprecated in favour of torch.export
                 warnings.simplefilter("ignore", DeprecationWarning)

@@ -47,9 +47,24 @@ def fast_paths_enabled() -> bool:
     return _FAST and not _exporting()
 
 
+_TRACE_FAST = False
+
+
+@contextlib.contextmanager
+def tracing_fast_kernels() -> Iterator[None]:
+    """Keep the fast CPU kernels while ``torch.jit.trace`` records (a CPU-only graph, see
+    :mod:`veloxseg.inference.graph`); other tracing, ONNX export and compiling use the default ops."""
+    global _TRACE_FAST
+    previous, _TRACE_FAST = _TRACE_FAST, True
+    try:
+        yield
+    finally:
+        _TRACE_FAST = previous
+
+
 def _exporting() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() \
-        or torch.compiler.is_compiling()
+    return (torch.jit.is_tracing() and not _TRACE_FAST) or torch.jit.is_scripting() \
+        or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def _keep_mask(like: torch.Tensor, p: float, seed: int) -> torch.Tensor:

@@ -1,0 +1,58 @@
+"""The frozen TorchScript graph that `veloxseg predict` runs on a CPU computes what the eager network does."""
+
+import logging
+
+import pytest
+import torch
+
+from veloxseg import VeloxSeg
+from veloxseg.inference.graph import FrozenGraph
+from veloxseg.networks.layers import fast_paths
+from veloxseg.summary import count_flops
+
+
+@pytest.fixture(scope="module")
+def deployed():
+    torch.manual_seed(0)
+    return VeloxSeg(in_channels=[1, 1], img_size=(64, 64, 64)).for_inference()
+
+
+def test_graph_matches_eager_and_pads_a_smaller_batch(deployed):
+    graph = FrozenGraph(deployed)
+    x = torch.randn(2, 2, 64, 64, 64)
+    with torch.inference_mode():
+        eager = deployed(x)
+        out = graph(x)
+        last = graph(x[1:])  # the last window of a volume: padded to the traced batch, no second trace
+    assert len(graph._graphs) == 1
+    (batch, traced), = graph._graphs.values()
+    assert batch == 2 and isinstance(traced, torch.jit.ScriptModule)
+    assert out.shape == eager.shape and torch.allclose(out, eager, atol=1e-4)
+    assert last.shape == (1, *eager.shape[1:]) and torch.allclose(last, eager[1:], atol=1e-4)
+
+
+def test_graph_stays_eager_where_it_does_not_apply(deployed):
+    graph = FrozenGraph(deployed)
+    x = torch.randn(1, 2, 64, 64, 64)
+    with torch.no_grad(), fast_paths(False):
+        straightforward = graph(x)  # the straightforward path is eager PyTorch on the default ops
+    assert not graph._graphs
+    assert count_flops(graph, (1, 2, 64, 64, 64))[0] == count_flops(deployed, (1, 2, 64, 64, 64))[0]
+    assert not graph._graphs
+    with torch.no_grad():
+        assert torch.allclose(graph(x), straightforward, atol=1e-4)
+
+
+def test_a_failed_trace_warns_once_and_runs_eagerly(deployed, monkeypatch, caplog):
+    def broken_trace(*args, **kwargs):
+        raise RuntimeError("tracer broke")
+
+    monkeypatch.setattr(torch.jit, "trace", broken_trace)
+    graph = FrozenGraph(deployed)
+    x = torch.randn(1, 2, 64, 64, 64)
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        first, second = graph(x), graph(x)
+        expected = deployed(x)
+    assert [r.getMessage() for r in caplog.records].count(
+        "could not trace the network into a TorchScript graph (RuntimeError: tracer broke); running it eagerly") == 1
+    assert torch.equal(first, expected) and torch.equal(second, expected)
