@@ -120,3 +120,13 @@ def test_pointwise_conv_as_gemm_matches_conv3d(batch, channels, groups, size, bi
     assert direct.shape == expected.shape and direct.is_contiguous()
     assert torch.allclose(direct, expected, atol=1e-5)
     assert torch.allclose(through_module, expected, atol=1e-5)
+
+
+def test_upsampling_in_training_after_inference_mode_in_the_same_process():
+    from veloxseg.networks.layers import upsample_trilinear
+
+    with torch.inference_mode():  # caches the interpolation matrices of this shape (as `predict` does)
+        upsample_trilinear(torch.randn(1, 2, 5, 5, 5), (11, 11, 11), True)
+    x = torch.randn(1, 2, 5, 5, 5, requires_grad=True)
+    upsample_trilinear(x, (11, 11, 11), True).sum().backward()  # no "inference tensors cannot be saved"
+    assert x.grad is not None and x.grad.abs().sum() > 0

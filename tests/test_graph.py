@@ -56,3 +56,16 @@ def test_a_failed_trace_warns_once_and_runs_eagerly(deployed, monkeypatch, caplo
     assert [r.getMessage() for r in caplog.records].count(
         "could not trace the network into a TorchScript graph (RuntimeError: tracer broke); running it eagerly") == 1
     assert torch.equal(first, expected) and torch.equal(second, expected)
+
+
+def test_graph_is_traced_only_after_the_given_number_of_eager_calls(deployed):
+    graph = FrozenGraph(deployed, trace_after=2)
+    x = torch.randn(1, 2, 64, 64, 64)
+    with torch.inference_mode():
+        expected = deployed(x)
+        for _ in range(2):
+            assert torch.equal(graph(x), expected) and not graph._graphs  # eager so far
+        out = graph(x)
+    assert len(graph._graphs) == 1 and torch.allclose(out, expected, atol=1e-4)
+    with pytest.raises(ValueError, match="trace_after"):
+        FrozenGraph(deployed, trace_after=-1)

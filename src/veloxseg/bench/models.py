@@ -60,13 +60,13 @@ def _veloxseg(name: str, preset: str, size: tuple[int, int, int]) -> nn.Module:
     return build_variant("full" if name == "veloxseg" else name, preset, **overrides)
 
 
-def build_model(name: str, preset: str, size: Sequence[int], train: bool = False) -> nn.Module:
+def build_model(name: str, preset: str, size: Sequence[int], train: bool = False, trace_after: int = 0) -> nn.Module:
     """Model ``name`` for ``preset``'s channels and classes at patch ``size``.
 
     ``train=False`` gives the deployed network in eval mode (VeloxSeg without teachers or
     deep-supervision heads, run on a CPU as the frozen TorchScript graph `veloxseg predict` uses;
-    its straightforward row runs eagerly on PyTorch's default ops); ``train=True`` the full
-    training network in train mode.
+    its straightforward row runs eagerly on PyTorch's default ops; ``trace_after`` eager calls per
+    window shape before tracing, 0 for at once); ``train=True`` the full training network in train mode.
     """
     p = get_preset(preset)
     size3 = tuple(int(s) for s in size)
@@ -80,7 +80,7 @@ def build_model(name: str, preset: str, size: Sequence[int], train: bool = False
         return model.train()
     from ..inference.graph import FrozenGraph
 
-    return FrozenGraph(model.for_inference())  # type: ignore[operator]  # as `veloxseg predict` runs it on a CPU
+    return FrozenGraph(model.for_inference(), trace_after)  # type: ignore[operator]  # as `veloxseg predict` runs it
 
 
 def training_loss(name: str) -> LossFn:

@@ -4,8 +4,14 @@ Eager PyTorch spends several milliseconds of every VeloxSeg forward in Python: m
 the per-call fusion of the q/k/v and mixer weights, the position-bias gather. Traced with the
 fast CPU kernels and frozen (weights and everything computed from them folded into
 constants), the same ops run from TorchScript's C++ interpreter. The network computes the same
-thing (checked against eager on the first window); it is about 10 % faster per window at 1 and
-2 threads (docs/performance.md) after a one-off cost of about 1 s per window shape.
+thing (checked against eager on the window it is traced on); it is about 10 % faster per window at
+1 and 2 threads (docs/performance.md) after a one-off cost of about 1.3 s per window shape.
+
+When to pay that second is a ski-rental decision: ``veloxseg predict`` runs eagerly until a window
+shape has had :data:`PREDICT_TRACE_AFTER` network calls (by then eager has spent about what tracing
+costs in excess time), then traces. A single volume of a few hundred windows never traces; a cohort
+does after its first few cases, and never spends more than about twice the best choice in hindsight.
+The benchmarks trace at once (``trace_after=0``) to time the graph.
 
 :class:`FrozenGraph` wraps any eval-mode module. It runs eagerly whenever the graph does not
 apply: gradients on, a non-CPU or non-float32 input, the fast kernels switched off (the
@@ -26,22 +32,29 @@ from ..networks.layers import fast_paths_enabled, tracing_fast_kernels
 
 log = logging.getLogger(__name__)
 
-#: the graph must reproduce eager logits to this absolute tolerance on the first window
+#: the graph must reproduce eager logits to this absolute tolerance on the window it is traced on
 TOLERANCE = 1e-3
+#: network calls of one window shape that ``veloxseg predict`` runs eagerly before tracing: ~1.3 s of
+#: tracing over the ~6 ms a batch-2 call saves (autopet, 2 threads; docs/performance.md)
+PREDICT_TRACE_AFTER = 200
 
 
 class FrozenGraph(nn.Module):
     """``module`` run as a frozen TorchScript graph on CPU float32 inputs without gradients.
 
     One graph is kept per (channels, spatial size, thread count), traced at the largest batch
-    seen; the module's parameters are not copied until the first graph is built.
+    seen, after ``trace_after`` eager calls with that key (0: on the first call).
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, trace_after: int = 0) -> None:
         super().__init__()
+        if trace_after < 0:
+            raise ValueError(f"trace_after must be >= 0, got {trace_after}")
         self.module = module
+        self.trace_after = trace_after
         self.eval()
         self._graphs: dict[tuple, tuple[int, torch.jit.ScriptModule | None]] = {}
+        self._calls: dict[tuple, int] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or self.training or x.device.type != "cpu" or x.dtype != torch.float32 \
@@ -50,6 +63,9 @@ class FrozenGraph(nn.Module):
         key = (tuple(x.shape[1:]), torch.get_num_threads())
         batch, graph = self._graphs.get(key, (0, None))
         if x.shape[0] > batch:
+            calls = self._calls[key] = self._calls.get(key, 0) + 1
+            if calls <= self.trace_after:
+                return self.module(x)
             batch, graph = x.shape[0], self._build(x)
             self._graphs[key] = (batch, graph)
         if graph is None:
@@ -62,8 +78,9 @@ class FrozenGraph(nn.Module):
         return out[:n] if n < batch else out
 
     def clear(self) -> None:
-        """Drop the traced graphs (after changing the module's weights)."""
+        """Drop the traced graphs and call counts (after changing the module's weights)."""
         self._graphs.clear()
+        self._calls.clear()
 
     def _build(self, x: torch.Tensor) -> torch.jit.ScriptModule | None:
         """Trace and freeze the module at ``x``'s shape; None (eager from now on) when that fails."""

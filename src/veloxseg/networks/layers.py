@@ -11,8 +11,9 @@ computed (see docs/benchmarks.md for the figures):
 - At inference, 1x1x1 convs on small maps or in narrow groups are one matrix product per group
   (:func:`conv1x1_gemm`), skipping oneDNN's per-call set-up.
 
-:func:`fast_paths` switches both back to PyTorch's defaults (the straightforward path), which
-the equivalence tests compare against. Tracing and ONNX export always use the default ops.
+:func:`fast_paths` switches them back to PyTorch's defaults (the straightforward path), which
+the equivalence tests compare against. Tracing, ONNX export and compiling use the default ops, except
+the CPU graph traced inside :func:`tracing_fast_kernels`.
 """
 
 from __future__ import annotations
@@ -256,7 +257,16 @@ class LayerNorm3d(nn.LayerNorm):
 
 @functools.lru_cache(maxsize=64)
 def _linear_weights(n_in: int, n_out: int, align_corners: bool) -> torch.Tensor:
-    """The ``(n_out, n_in)`` matrix of 1-D linear interpolation, with PyTorch's source-index rule."""
+    """The ``(n_out, n_in)`` matrix of 1-D linear interpolation, with PyTorch's source-index rule.
+
+    Built outside inference mode: the cached matrix is shared with later training in the process,
+    where an inference tensor could not be saved for the backward.
+    """
+    with torch.inference_mode(False):
+        return _interpolation_matrix(n_in, n_out, align_corners)
+
+
+def _interpolation_matrix(n_in: int, n_out: int, align_corners: bool) -> torch.Tensor:
     dst = torch.arange(n_out, dtype=torch.float64)
     if align_corners:
         src = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else dst * 0
