@@ -155,10 +155,11 @@ def main() -> int:
         best = min((r for r in rows if r[1] == th), key=lambda r: r[2]["median"])
         lines += ["", f"Fastest with {th} thread(s): {best[0]} ({1 / best[2]['median']:.2f} images/s)."]
     took = ", ".join(f"{s:.1f} s at {th} thread(s)" for th, s in trace_seconds.items())
-    lines += ["", "`veloxseg predict` runs the TorchScript graph by default (`--engine torch`): on the first "
-              "window the network (with the fast CPU kernels) is traced, frozen (weights, the fused q/k/v and "
+    lines += ["", "`veloxseg predict` runs the TorchScript graph by default (`--engine torch`): after 200 "
+              "eager calls of a window shape (a cohort, not a single volume: ski rental over the ~1 s it costs) "
+              "the network (with the fast CPU kernels) is traced, frozen (weights, the fused q/k/v and "
               "mixer weights and the position biases become constants) and checked against eager; then TorchScript's "
-              f"interpreter runs it without Python in between (first forward here: {took}). `--engine eager` runs "
+              f"interpreter runs it without Python in between (trace, freeze and check here: {took}). `--engine eager` runs "
               "eager PyTorch with the fast kernels, `--engine onnxruntime` ONNX Runtime. torch.compile is not "
               "offered by `predict`.", ""]
     Path(args.out).write_text("\n".join(lines))
