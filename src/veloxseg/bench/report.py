@@ -123,8 +123,9 @@ def markdown(result: dict[str, Any]) -> str:
 MODELS_NOTE = (
     "Models: `veloxseg` is the deployed network (no teachers, no deep-supervision heads; in training, the "
     "full network with both texture teachers and `VeloxSegLoss`), run for inference as `veloxseg predict` runs it "
-    "on a CPU: traced on its first forward into a frozen TorchScript graph with the fast CPU kernels (in the "
-    "warm-up; the whole-volume rows include that second). `veloxseg-straightforward` is the same network "
+    "on a CPU: a frozen TorchScript graph with the fast CPU kernels (traced in the warm-up; in the whole-volume "
+    "rows with predict's policy, eager until 200 calls of a window shape, so a single volume runs eagerly). "
+    "`veloxseg-straightforward` is the same network "
     "and loss run eagerly with veloxseg's fast CPU kernels switched off (PyTorch's default ops): the before/after "
     "of the CPU optimisations, from the same command. The baselines run eagerly, as MONAI's users run them; "
     "they are MONAI's "
