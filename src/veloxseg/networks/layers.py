@@ -171,7 +171,7 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
-_GEMM_1X1 = True  # switch for A/B measurements of conv1x1_gemm; fast_paths(False) turns it off too
+_GEMM_1X1 = True  # off only for benchmarks/paired_ab.py; fast_paths(False) turns it off too
 
 
 def _pointwise(stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> bool:
