@@ -26,8 +26,9 @@ from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-#: ``torch``: PyTorch, on a CPU through a frozen TorchScript graph traced on first use (:mod:`.graph`);
-#: ``eager``: PyTorch without tracing; ``onnxruntime``: the network exported to ONNX.
+#: ``torch``: PyTorch, on a CPU through a frozen TorchScript graph once a window shape has had
+#: :data:`~.graph.PREDICT_TRACE_AFTER` calls (:mod:`.graph`); ``eager``: PyTorch, never traced;
+#: ``onnxruntime``: the network exported to ONNX.
 ENGINES: tuple[str, ...] = ("torch", "eager", "onnxruntime")
 Engine = Callable[[torch.Tensor], torch.Tensor]
 
