@@ -44,7 +44,7 @@ class TorchEngine:
     def __init__(self, module: nn.Module, device: str | torch.device = "cpu", graph: bool = False) -> None:
         self.device = torch.device(device)
         module = module.to(self.device).eval()
-        if graph and self.device.type == "cpu" and not isinstance(module, torch.jit.ScriptModule):
+        if graph and self.device.type == "cpu":
             from .graph import PREDICT_TRACE_AFTER, FrozenGraph
 
             module = FrozenGraph(module, trace_after=PREDICT_TRACE_AFTER)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -208,7 +209,7 @@ class Conv3d(nn.Conv3d):
         """``F.conv3d`` with the fast CPU kernel when it applies."""
         if _FAST and x.device.type == "cpu" and x.dtype == torch.float32 and not _exporting():
             if _GEMM_1X1 and weight.shape[2:] == (1, 1, 1) and _pointwise(stride, padding, dilation) \
-                    and not torch.is_grad_enabled() and (x[0, 0].numel() <= 1728 or groups >= 4):
+                    and not torch.is_grad_enabled() and (math.prod(x.shape[2:]) <= 1728 or groups >= 4):
                 return conv1x1_gemm(x, weight, bias, groups)
             return torch.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups)
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
