@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import torch
+from torch import nn
 
 from veloxseg import VeloxSeg
 from veloxseg.inference.graph import FrozenGraph
@@ -69,3 +70,51 @@ def test_graph_is_traced_only_after_the_given_number_of_eager_calls(deployed):
     assert len(graph._graphs) == 1 and torch.allclose(out, expected, atol=1e-4)
     with pytest.raises(ValueError, match="trace_after"):
         FrozenGraph(deployed, trace_after=-1)
+
+
+def _kinds(graph: FrozenGraph) -> set[str]:
+    (_, traced), = graph._graphs.values()
+    return {node.kind() for node in traced.graph.nodes()}
+
+
+def test_shape_arithmetic_and_weight_only_work_are_folded_out_of_the_graph(deployed):
+    graph = FrozenGraph(deployed)
+    x = torch.randn(1, 2, 64, 64, 64)
+    with torch.inference_mode():
+        out, eager = graph(x), deployed(x)
+        again = graph(-x)  # a second, different window: nothing of the first is baked in
+    kinds = _kinds(graph)
+    assert "aten::size" not in kinds  # every size read once and written in as a constant
+    assert "aten::index" not in kinds and "aten::arange" not in kinds  # position-bias gather, interpolation matrices
+    assert torch.allclose(out, eager, atol=1e-4)
+    with torch.inference_mode():
+        assert torch.allclose(again, deployed(-x), atol=1e-4)
+
+
+class _WritesIntoABuffer(nn.Module):
+    """Allocates a buffer from the input's shape (a constant once sizes are read), writes into views of it,
+    returns a view of the whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        buffer = torch.empty(x.shape[0], 3)
+        torch.mul(x[:2, :3], self.weight.repeat(1, 1), out=buffer[:2])  # written through views, as the
+        torch.mul(x[2:, :3], 2.0, out=buffer[2:])  # attention writes its chunks
+        return buffer.t() + self.weight.flip(0)[:, None]
+
+
+def test_folding_never_freezes_a_buffer_that_the_graph_writes_to():
+    module = _WritesIntoABuffer().eval()
+    graph = FrozenGraph(module)
+    first, second = torch.randn(4, 5), torch.randn(4, 5)
+    with torch.inference_mode():
+        graph(first)
+        out = graph(second)
+        expected = module(second)
+    assert torch.equal(out, expected)
+    kinds = _kinds(graph)
+    assert "aten::flip" not in kinds and "aten::repeat" not in kinds  # computed from the weight alone: folded
+    assert "aten::mul" in kinds  # the write into the buffer stays

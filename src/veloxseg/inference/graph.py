@@ -91,6 +91,9 @@ class FrozenGraph(nn.Module):
                 with warnings.catch_warnings(), tracing_fast_kernels():
                     warnings.simplefilter("ignore")  # tracer warnings, and TorchScript's deprecation notice
                     graph = torch.jit.freeze(torch.jit.trace(self.module, (example,), check_trace=False))
+                    for _ in range(3):  # a second round folds what the sizes read in the first made constant
+                        if not _fold_constants(graph, example):
+                            break
                     with torch.jit.optimized_execution(False):
                         got = graph(example)
             except Exception as err:  # noqa: BLE001 - any tracing failure means: run eagerly
@@ -102,3 +105,107 @@ class FrozenGraph(nn.Module):
             log.warning("the traced TorchScript graph does not reproduce eager logits; running the network eagerly")
             return None
         return graph
+
+
+_CONTAINERS = {"prim::ListConstruct", "prim::TupleConstruct", "prim::ListUnpack", "prim::TupleUnpack"}
+_PURE_PRIMS = {"prim::Constant", "prim::GetAttr", "prim::NumToTensor", *_CONTAINERS}
+_FOLDABLE = {"TensorType", "IntType", "FloatType", "BoolType"}
+
+
+def _schema(node: torch._C.Node) -> torch._C.FunctionSchema | None:
+    text = node.schema()
+    return None if text == "(no schema)" else torch._C.parse_schema(text)
+
+
+def _mutated_values(nodes: list[torch._C.Node]) -> set:
+    """The values that some node may write to, directly or through a view, list or other alias."""
+    parent: dict[int, int] = {}  # union-find over the ids of values that may share memory
+
+    def find(v: int) -> int:
+        while parent.get(v, v) != v:
+            v = parent[v]
+        return v
+
+    def union(values: list) -> None:
+        roots = [find(v.unique()) for v in values]
+        for r in roots[1:]:
+            if r != roots[0]:
+                parent[r] = roots[0]
+
+    written = []
+    for node in nodes:
+        schema = _schema(node)
+        if node.kind() in _CONTAINERS:
+            union([*node.inputs(), *node.outputs()])
+        elif schema is None:
+            if node.kind() not in _PURE_PRIMS:
+                written.extend(node.inputs())  # unknown effects: assume it writes to everything it gets
+        else:
+            inputs = list(node.inputs())  # (positional and keyword-only arguments alike, in schema order)
+            annotated = [(v, a.alias_info) for v, a in zip(inputs, schema.arguments) if a.alias_info is not None]
+            if any(r.alias_info is not None for r in schema.returns):
+                union([*(v for v, _ in annotated), *node.outputs()])
+            written.extend(v for v, alias in annotated if alias.is_write)
+    dirty = {find(v.unique()) for v in written}
+    return {v for node in nodes for v in (*node.inputs(), *node.outputs()) if find(v.unique()) in dirty}
+
+
+def _fold_constants(module: torch.jit.ScriptModule, example: torch.Tensor) -> bool:
+    """Replace what ``module``'s graph computes the same on every call by constants, and fold.
+
+    A graph only ever sees the one input shape it was traced at, so two kinds of value are the
+    same on every call: every ``aten::size`` (the traced shape arithmetic of the Python code:
+    sizes, products, floor divisions, list building, about half of VeloxSeg's ~3000 nodes), and
+    everything computed from the frozen weights alone (the attention's position-bias gather,
+    which freezing leaves in the graph). They are read in one run of a copy of the graph that
+    returns them, written in as constants, and constant propagation removes what computed them.
+    Nothing that any node may write to (an output buffer, or a view of one) is taken.
+    Returns whether anything was folded.
+    """
+    graph = module.graph
+    nodes = list(graph.nodes())
+    if any(list(node.blocks()) for node in nodes):  # control flow (a scripted part): left as it is
+        return False
+    mutated = _mutated_values(nodes)
+    # values computed from constants alone by deterministic nodes without side effects; the module's own
+    # attributes (what freezing left as attribute reads) count as constants unless the graph writes one
+    derived: set = set()
+    if not any(node.kind() == "prim::SetAttr" for node in nodes):
+        derived.update(v for v in graph.inputs() if v.type().kind() == "ClassType")
+    for node in nodes:
+        schema = _schema(node)
+        pure = node.kind() in _PURE_PRIMS if schema is None else not (schema.is_mutable or node.isNondeterministic())
+        touched = (*node.inputs(), *node.outputs())
+        if node.kind() != "prim::Constant" and pure and not any(v in mutated for v in touched) \
+                and all(v.node().kind() == "prim::Constant" or v in derived for v in node.inputs()):
+            derived.update(node.outputs())
+    wanted: list[tuple[int, int]] = []  # (node index, output index) of the values to read
+    for i, node in enumerate(nodes):
+        for j, value in enumerate(node.outputs()):
+            if value.type().kind() not in _FOLDABLE or value in mutated:
+                continue
+            if node.kind() == "aten::size" or (
+                    value in derived and any(use.user.kind() == "prim::Return" or not set(use.user.outputs()) <= derived
+                                            for use in value.uses())):
+                wanted.append((i, j))
+    if not wanted:
+        return False
+    probe = graph.copy()
+    copied = list(probe.nodes())
+    probed = [copied[i].outputsAt(j) for i, j in wanted]
+    returned = probe.create("prim::TupleConstruct", probed)
+    returned.output().setType(torch._C.TupleType([v.type() for v in probed]))
+    returned.insertBefore(probe.return_node())
+    for _ in range(len(list(probe.outputs()))):
+        probe.eraseOutput(0)
+    probe.registerOutput(returned.output())
+    with torch.jit.optimized_execution(False):
+        read = torch._C._create_function_from_graph("constants", probe)(module._c, example)
+    for (i, j), value in zip(wanted, read):
+        graph.setInsertPoint(nodes[i])
+        constant = graph.insertConstant(value)
+        graph.setInsertPoint(graph.return_node())  # never leave the insert point on a node about to go
+        nodes[i].outputsAt(j).replaceAllUsesWith(constant)
+    torch._C._jit_pass_constant_propagation(graph)
+    torch._C._jit_pass_dce(graph)
+    return True

@@ -291,7 +291,9 @@ def upsample_trilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool
     """
     if not fast_paths_enabled() or x.dtype != torch.float32:
         return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=align_corners)
-    (d, h, w), (od, oh, ow) = x.shape[2:], tuple(size)
+    # plain ints: while a graph is traced (veloxseg.inference.graph) sizes come as tensors, which would miss
+    # the matrix cache and rebuild the matrices inside the graph on every call
+    (d, h, w), (od, oh, ow) = (int(s) for s in x.shape[2:]), (int(s) for s in size)
     mw, mh, md = (_linear_weights(i, o, align_corners).to(x.device) for i, o in ((w, ow), (h, oh), (d, od)))
     y = torch.matmul(x, mw.t())  # (B, C, d, h, ow)
     y = torch.matmul(mh, y)  # (B, C, d, oh, ow)
