@@ -191,7 +191,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         x = torch.randn(input_shape, device=cfg.device)
 
         def forward_time(model: torch.nn.Module) -> dict[str, Any]:
-            with torch.no_grad():
+            with torch.inference_mode():  # as `veloxseg predict` runs every model
                 return time_repeated(lambda: model(x), cfg.seconds, cfg.min_reps, device=cfg.device)
 
         for rnd in range(cfg.rounds if timed else 0):

@@ -37,8 +37,8 @@ class TorchEngine:
     """Run an eval-mode module (eager or TorchScript) under ``torch.inference_mode``.
 
     With ``graph=True`` on a CPU the module runs as a :class:`~.graph.FrozenGraph`: eagerly for the
-    first :data:`~.graph.PREDICT_TRACE_AFTER` calls of a window shape, then traced (about 1.3 s once)
-    and about 10 % faster per call.
+    first :data:`~.graph.PREDICT_TRACE_AFTER` calls of a window shape, then traced (about 1.5 s once)
+    and about 11-16 % faster per call.
     """
 
     def __init__(self, module: nn.Module, device: str | torch.device = "cpu", graph: bool = False) -> None:

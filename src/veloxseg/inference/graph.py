@@ -3,9 +3,11 @@
 Eager PyTorch spends several milliseconds of every VeloxSeg forward in Python: module calls,
 the per-call fusion of the q/k/v and mixer weights, the position-bias gather. Traced with the
 fast CPU kernels and frozen (weights and everything computed from them folded into
-constants), the same ops run from TorchScript's C++ interpreter. The network computes the same
-thing (checked against eager on the window it is traced on); it is about 10 % faster per window at
-1 and 2 threads (docs/performance.md) after a one-off cost of about 1.3 s per window shape.
+constants), then specialised to its one input shape (the traced shape arithmetic read once and
+folded away, :func:`_fold_constants`), the same ops run from TorchScript's C++ interpreter. The
+network computes the same thing (checked against eager on the window it is traced on); it is
+about 11 % faster per window at 1 thread and 16 % at 2 (docs/performance.md) after a one-off cost
+of about 1.5 s per window shape.
 
 When to pay that second is a ski-rental decision: ``veloxseg predict`` runs eagerly until a window
 shape has had :data:`PREDICT_TRACE_AFTER` network calls (by then eager has spent about what tracing
@@ -22,6 +24,7 @@ or the graph disagrees with eager on the first window, it warns once and stays e
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 
@@ -34,8 +37,8 @@ log = logging.getLogger(__name__)
 
 #: the graph must reproduce eager logits to this absolute tolerance on the window it is traced on
 TOLERANCE = 1e-3
-#: network calls of one window shape that ``veloxseg predict`` runs eagerly before tracing: ~1.3 s of
-#: tracing over the ~6 ms a batch-2 call saves (autopet, 2 threads; docs/performance.md)
+#: network calls of one window shape that ``veloxseg predict`` runs eagerly before tracing: ~1.5 s of
+#: tracing over the ~6.5 ms a batch-2 call saves (autopet, 2 threads; docs/performance.md)
 PREDICT_TRACE_AFTER = 200
 
 
@@ -114,7 +117,12 @@ _FOLDABLE = {"TensorType", "IntType", "FloatType", "BoolType"}
 
 def _schema(node: torch._C.Node) -> torch._C.FunctionSchema | None:
     text = node.schema()
-    return None if text == "(no schema)" else torch._C.parse_schema(text)
+    return None if text == "(no schema)" else _parse_schema(text)
+
+
+@functools.lru_cache(maxsize=None)
+def _parse_schema(text: str) -> torch._C.FunctionSchema:
+    return torch._C.parse_schema(text)
 
 
 def _mutated_values(nodes: list[torch._C.Node]) -> set:
