@@ -8,8 +8,9 @@ Engines: the frozen TorchScript graph of the network with veloxseg's fast CPU ke
 of ``veloxseg predict``, ``--engine torch``), eager PyTorch with the fast kernels (``--engine eager``),
 eager PyTorch on the default ops (the straightforward path), ONNX Runtime on the exported model
 (``veloxseg predict --engine onnxruntime``) and ``torch.compile`` (inductor, static shapes). Each is timed like
-``veloxseg bench`` times throughput: batch 1, eval, warm-up, then the median of repeated forwards
-for at least ``--seconds``; outputs are checked against eager to 1e-3.
+``veloxseg bench`` times throughput: batch 1, eval, ``torch.inference_mode`` (as ``veloxseg predict``),
+warm-up, then the median of repeated forwards for at least ``--seconds``; outputs are checked against
+eager to 1e-3.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import torch
 from veloxseg import VeloxSeg, __version__
 from veloxseg.export import export_module
 from veloxseg.inference.engines import OnnxEngine
-from veloxseg.inference.graph import FrozenGraph
+from veloxseg.inference.graph import PREDICT_TRACE_AFTER, FrozenGraph
 from veloxseg.networks.layers import fast_paths
 from veloxseg.presets import get_preset
+from veloxseg.runtime import tune_allocator
 
 
 def timed(fn: Callable[[], torch.Tensor], seconds: float, min_reps: int = 3) -> dict[str, float]:
@@ -55,10 +57,11 @@ def main() -> int:
     parser.add_argument("--out", default="docs/engines.md")
     args = parser.parse_args()
 
+    tune_allocator()  # as `veloxseg predict` runs (veloxseg.runtime), for every engine alike
     preset = get_preset(args.preset)
     model = VeloxSeg.from_preset(args.preset).for_inference()
     x = torch.randn(preset.input_shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with torch.inference_mode():
         reference = model(x)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "model.onnx"
@@ -76,7 +79,7 @@ def main() -> int:
                 return model(x)
 
         t0 = time.perf_counter()
-        with torch.no_grad():
+        with torch.inference_mode():
             graph(x)  # traced and frozen for this thread count
         trace_seconds[threads] = time.perf_counter() - t0
         engines: dict[str, Callable[[], torch.Tensor]] = {
@@ -95,7 +98,7 @@ def main() -> int:
             t0 = time.perf_counter()
             compiled = torch.compile(copy.deepcopy(model), dynamic=False)
             try:
-                with torch.no_grad():
+                with torch.inference_mode():
                     compiled(x)
             except Exception as err:  # an inductor failure is a finding to report, not a reason to stop
                 failures[threads] = str(err).strip().splitlines()[0][:160]
@@ -104,7 +107,7 @@ def main() -> int:
                 compile_seconds[threads] = time.perf_counter() - t0
                 engines["torch.compile (inductor, static shapes)"] = lambda: compiled(x)
         for name, fn in engines.items():
-            with torch.no_grad():
+            with torch.inference_mode():
                 diff = (fn() - reference).abs().max().item()
                 t = timed(fn, args.seconds)
             rows.append((name, threads, t, diff))
@@ -119,7 +122,8 @@ def main() -> int:
         f"Command: `python benchmarks/engines.py --preset {args.preset} --threads {args.threads} "
         f"--seconds {args.seconds:g}{' --no-compile' if args.no_compile else ''}`",
         "",
-        f"Deployed VeloxSeg, preset {args.preset}, input {'×'.join(map(str, preset.input_shape))}, batch 1, eval; "
+        f"Deployed VeloxSeg, preset {args.preset}, input {'×'.join(map(str, preset.input_shape))}, batch 1, eval, "
+        "inference mode; "
         f"veloxseg {__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} thread(s) last set.",
         "",
@@ -155,13 +159,14 @@ def main() -> int:
         best = min((r for r in rows if r[1] == th), key=lambda r: r[2]["median"])
         lines += ["", f"Fastest with {th} thread(s): {best[0]} ({1 / best[2]['median']:.2f} images/s)."]
     took = ", ".join(f"{s:.1f} s at {th} thread(s)" for th, s in trace_seconds.items())
-    lines += ["", "`veloxseg predict` runs the TorchScript graph by default (`--engine torch`): after 200 "
-              "eager calls of a window shape (a cohort, not a single volume: ski rental over the ~1 s it costs) "
-              "the network (with the fast CPU kernels) is traced, frozen (weights, the fused q/k/v and "
-              "mixer weights and the position biases become constants) and checked against eager; then TorchScript's "
-              f"interpreter runs it without Python in between (trace, freeze and check here: {took}). `--engine eager` runs "
-              "eager PyTorch with the fast kernels, `--engine onnxruntime` ONNX Runtime. torch.compile is not "
-              "offered by `predict`.", ""]
+    lines += ["", f"`veloxseg predict` runs the TorchScript graph by default (`--engine torch`): after "
+              f"{PREDICT_TRACE_AFTER} eager calls of a window shape (a cohort, not a single volume: ski rental over "
+              "the second or so it costs) the network (with the fast CPU kernels) is traced, frozen (weights, the "
+              "fused q/k/v and mixer weights and the position biases become constants), specialised to its input "
+              "shape (the traced shape arithmetic read once and folded away) and checked against eager; then "
+              "TorchScript's interpreter runs it without Python in between (trace, freeze, fold and check here: "
+              f"{took}). `--engine eager` runs eager PyTorch with the fast kernels, `--engine onnxruntime` ONNX "
+              "Runtime. torch.compile is not offered by `predict`.", ""]
     Path(args.out).write_text("\n".join(lines))
     print(f"wrote {args.out}")
     return 0

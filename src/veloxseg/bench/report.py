@@ -155,7 +155,8 @@ def document(result: dict[str, Any], note: str | None = None, image: str | None 
               "```", "",
               f"Machine: {m['cpu']}, {m['cores']} core(s) available{', GPU ' + m['gpu'] if m.get('gpu') else ''}; "
               f"torch {m['torch']}, MONAI {m['monai']}, veloxseg {m['veloxseg']}, Python {m['python']}; {m['date']}.",
-              "", "Protocol: inference is eval mode, no gradients, batch 1, after a warm-up, the median of timed "
+              "", "Protocol: inference is eval mode under `torch.inference_mode` (as `veloxseg predict` runs it), "
+              "batch 1, after a warm-up, the median of timed "
               "forwards over at least the given seconds, in `--rounds` rounds interleaved over the models, of "
               "which each model's best is reported. VeloxSeg is timed again right before every other model, and "
               "'time × VeloxSeg' is the median over the rounds of the model's time over that adjacent VeloxSeg "

@@ -37,7 +37,7 @@ class TorchEngine:
     """Run an eval-mode module (eager or TorchScript) under ``torch.inference_mode``.
 
     With ``graph=True`` on a CPU the module runs as a :class:`~.graph.FrozenGraph`: eagerly for the
-    first :data:`~.graph.PREDICT_TRACE_AFTER` calls of a window shape, then traced (about 1.5 s once)
+    first :data:`~.graph.PREDICT_TRACE_AFTER` calls of a window shape, then traced (about 1.5-2 s once)
     and about 11-16 % faster per call.
     """
 

@@ -7,7 +7,7 @@ constants), then specialised to its one input shape (the traced shape arithmetic
 folded away, :func:`_fold_constants`), the same ops run from TorchScript's C++ interpreter. The
 network computes the same thing (checked against eager on the window it is traced on); it is
 about 11 % faster per window at 1 thread and 16 % at 2 (docs/performance.md) after a one-off cost
-of about 1.5 s per window shape.
+of about 1.5-2 s per window shape.
 
 When to pay that second is a ski-rental decision: ``veloxseg predict`` runs eagerly until a window
 shape has had :data:`PREDICT_TRACE_AFTER` network calls (by then eager has spent about what tracing
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 #: the graph must reproduce eager logits to this absolute tolerance on the window it is traced on
 TOLERANCE = 1e-3
-#: network calls of one window shape that ``veloxseg predict`` runs eagerly before tracing: ~1.5 s of
+#: network calls of one window shape that ``veloxseg predict`` runs eagerly before tracing: ~1.5-2 s of
 #: tracing over the ~6.5 ms a batch-2 call saves (autopet, 2 threads; docs/performance.md)
 PREDICT_TRACE_AFTER = 200
 
