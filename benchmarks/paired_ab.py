@@ -4,12 +4,15 @@ Run from the repository root:
 
     python benchmarks/paired_ab.py --lever graph [--batch 1] [--threads 1,2] [--forwards 80]
     python benchmarks/paired_ab.py --lever gemm1x1
+    python benchmarks/paired_ab.py --lever fold
 
 ``graph``: eager PyTorch (before) against the frozen TorchScript graph ``veloxseg predict`` runs
 (after, :class:`veloxseg.inference.graph.FrozenGraph`). ``gemm1x1``: 1x1x1 convs on oneDNN (before)
-against :func:`veloxseg.networks.layers.conv1x1_gemm` (after), both eager. Before and after
-alternate forward by forward (which one goes first alternates too), so a slow spell of the machine
-hits both; the figure to read is the median of the paired differences.
+against :func:`veloxseg.networks.layers.conv1x1_gemm` (after), both eager. ``fold``: the graph as
+traced and frozen (before) against the graph with its shape arithmetic and weight-only work folded
+into constants (after, the default). Before and after alternate forward by forward (which one goes
+first alternates too), so a slow spell of the machine hits both; the figure to read is the median
+of the paired differences.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def _gemm(enabled: bool, model: torch.nn.Module) -> Callable[[torch.Tensor], tor
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lever", choices=("graph", "gemm1x1"), required=True)
+    parser.add_argument("--lever", choices=("graph", "gemm1x1", "fold"), required=True)
     parser.add_argument("--preset", default="autopet")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", default="1,2")
@@ -52,6 +55,8 @@ def main() -> int:
     x = torch.randn(args.batch, *get_preset(args.preset).input_shape[1:], generator=torch.Generator().manual_seed(0))
     if args.lever == "graph":
         before, after = model, FrozenGraph(model)
+    elif args.lever == "fold":
+        before, after = FrozenGraph(model, fold=False), FrozenGraph(model)
     else:
         before, after = _gemm(False, model), _gemm(True, model)
     print(f"lever {args.lever}, preset {args.preset}, input {tuple(x.shape)}, {args.forwards} forwards per side")

@@ -89,6 +89,9 @@ def test_shape_arithmetic_and_weight_only_work_are_folded_out_of_the_graph(deplo
     assert torch.allclose(out, eager, atol=1e-4)
     with torch.inference_mode():
         assert torch.allclose(again, deployed(-x), atol=1e-4)
+        unfolded = FrozenGraph(deployed, fold=False)
+        assert torch.equal(unfolded(x), out)  # folding changes no value
+    assert "aten::size" in _kinds(unfolded)
 
 
 class _WritesIntoABuffer(nn.Module):

@@ -46,15 +46,18 @@ class FrozenGraph(nn.Module):
     """``module`` run as a frozen TorchScript graph on CPU float32 inputs without gradients.
 
     One graph is kept per (channels, spatial size, thread count), traced at the largest batch
-    seen, after ``trace_after`` eager calls with that key (0: on the first call).
+    seen, after ``trace_after`` eager calls with that key (0: on the first call). ``fold=False``
+    keeps the traced shape arithmetic and weight-only work in the graph (for before/after timing,
+    ``benchmarks/paired_ab.py --lever fold``).
     """
 
-    def __init__(self, module: nn.Module, trace_after: int = 0) -> None:
+    def __init__(self, module: nn.Module, trace_after: int = 0, fold: bool = True) -> None:
         super().__init__()
         if trace_after < 0:
             raise ValueError(f"trace_after must be >= 0, got {trace_after}")
         self.module = module
         self.trace_after = trace_after
+        self.fold = fold
         self.eval()
         self._graphs: dict[tuple, tuple[int, torch.jit.ScriptModule | None]] = {}
         self._calls: dict[tuple, int] = {}
@@ -94,7 +97,7 @@ class FrozenGraph(nn.Module):
                 with warnings.catch_warnings(), tracing_fast_kernels():
                     warnings.simplefilter("ignore")  # tracer warnings, and TorchScript's deprecation notice
                     graph = torch.jit.freeze(torch.jit.trace(self.module, (example,), check_trace=False))
-                    for _ in range(3):  # a second round folds what the sizes read in the first made constant
+                    for _ in range(3 if self.fold else 0):  # a second round folds what the first made constant
                         if not _fold_constants(graph, example):
                             break
                     with torch.jit.optimized_execution(False):
