@@ -121,3 +121,21 @@ def test_folding_never_freezes_a_buffer_that_the_graph_writes_to():
     kinds = _kinds(graph)
     assert "aten::flip" not in kinds and "aten::repeat" not in kinds  # computed from the weight alone: folded
     assert "aten::mul" in kinds  # the write into the buffer stays
+
+
+class _MaskedCount(nn.Module):
+    """An output that depends on how many input values are positive: a shape only known at run time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x[x > 0].shape[0]
+
+
+def test_sizes_that_depend_on_the_input_values_are_not_folded():
+    module = _MaskedCount().eval()
+    graph = FrozenGraph(module)
+    first, second = torch.ones(2, 3), -torch.ones(2, 3)
+    second[0, 0] = 1.0
+    with torch.inference_mode():
+        assert torch.equal(graph(first), module(first))
+        assert torch.equal(graph(second), module(second))  # one positive value now, not six
+    assert "aten::size" in _kinds(graph)

@@ -116,6 +116,10 @@ class FrozenGraph(nn.Module):
 _CONTAINERS = {"prim::ListConstruct", "prim::TupleConstruct", "prim::ListUnpack", "prim::TupleUnpack"}
 _PURE_PRIMS = {"prim::Constant", "prim::GetAttr", "prim::NumToTensor", *_CONTAINERS}
 _FOLDABLE = {"TensorType", "IntType", "FloatType", "BoolType"}
+#: ops whose output shape depends on the input's values, not only its shape: sizes are then not constants
+_DATA_DEPENDENT = {"aten::nonzero", "aten::argwhere", "aten::masked_select", "aten::unique_consecutive",
+                   "aten::_unique", "aten::_unique2", "aten::unique_dim", "aten::repeat_interleave",
+                   "aten::bincount", "aten::nonzero_numpy"}
 
 
 def _schema(node: torch._C.Node) -> torch._C.FunctionSchema | None:
@@ -170,8 +174,9 @@ def _fold_constants(module: torch.jit.ScriptModule, example: torch.Tensor) -> bo
     everything computed from the frozen weights alone (the attention's position-bias gather,
     which freezing leaves in the graph). They are read in one run of a copy of the graph that
     returns them, written in as constants, and constant propagation removes what computed them.
-    Nothing that any node may write to (an output buffer, or a view of one) is taken.
-    Returns whether anything was folded.
+    Nothing that any node may write to (an output buffer, or a view of one) is taken, and a graph
+    with an op whose output shape depends on the input's values (boolean-mask indexing, ``nonzero``)
+    is left as it is. Returns whether anything was folded.
     """
     graph = module.graph
     nodes = list(graph.nodes())
@@ -190,6 +195,10 @@ def _fold_constants(module: torch.jit.ScriptModule, example: torch.Tensor) -> bo
         if node.kind() != "prim::Constant" and pure and not any(v in mutated for v in touched) \
                 and all(v.node().kind() == "prim::Constant" or v in derived for v in node.inputs()):
             derived.update(node.outputs())
+    for node in nodes:  # boolean-mask indexing and the like: shapes that depend on values, left as traced
+        if node.kind() in _DATA_DEPENDENT or (node.kind().startswith("aten::index") and not all(
+                v.node().kind() == "prim::Constant" or v in derived for v in list(node.inputs())[1:2])):
+            return False
     wanted: list[tuple[int, int]] = []  # (node index, output index) of the values to read
     for i, node in enumerate(nodes):
         for j, value in enumerate(node.outputs()):
