@@ -19,7 +19,8 @@ The benchmarks trace at once (``trace_after=0``) to time the graph.
 apply: gradients on, a non-CPU or non-float32 input, the fast kernels switched off (the
 straightforward path, FLOP counting) or while exporting. A batch smaller than the traced one
 (the last windows of a volume) is padded with zeros instead of tracing again. If tracing fails,
-or the graph disagrees with eager on the first window, it warns once and stays eager.
+or the graph disagrees with eager on the first window or on it mirrored, it warns once and stays
+eager.
 """
 
 from __future__ import annotations
@@ -89,25 +90,29 @@ class FrozenGraph(nn.Module):
         self._calls.clear()
 
     def _build(self, x: torch.Tensor) -> torch.jit.ScriptModule | None:
-        """Trace and freeze the module at ``x``'s shape; None (eager from now on) when that fails."""
+        """Trace and freeze the module at ``x``'s shape; None (eager from now on) when that fails.
+
+        The graph is checked against eager on the window it is traced on and on a second one (the
+        same window mirrored), so that nothing of the first window can have been folded into it.
+        """
         with torch.inference_mode(False), torch.no_grad():
-            example = x.clone()
-            expected = self.module(example)
+            windows = (x.clone(), x.flip(-1))
+            expected = [self.module(w) for w in windows]
             try:
                 with warnings.catch_warnings(), tracing_fast_kernels():
                     warnings.simplefilter("ignore")  # tracer warnings, and TorchScript's deprecation notice
-                    graph = torch.jit.freeze(torch.jit.trace(self.module, (example,), check_trace=False))
+                    graph = torch.jit.freeze(torch.jit.trace(self.module, (windows[0],), check_trace=False))
                     for _ in range(3 if self.fold else 0):  # a second round folds what the first made constant
-                        if not _fold_constants(graph, example):
+                        if not _fold_constants(graph, windows[0]):
                             break
                     with torch.jit.optimized_execution(False):
-                        got = graph(example)
+                        got = [graph(w) for w in windows]
             except Exception as err:  # noqa: BLE001 - any tracing failure means: run eagerly
                 log.warning("could not trace the network into a TorchScript graph (%s: %s); running it eagerly",
                             type(err).__name__, str(err).splitlines()[0] if str(err) else "")
                 return None
-        if not isinstance(got, torch.Tensor) or got.shape != expected.shape \
-                or not torch.allclose(got, expected, atol=TOLERANCE, rtol=0):
+        if not all(isinstance(g, torch.Tensor) and g.shape == e.shape and torch.allclose(g, e, atol=TOLERANCE, rtol=0)
+                   for g, e in zip(got, expected)):
             log.warning("the traced TorchScript graph does not reproduce eager logits; running the network eagerly")
             return None
         return graph
