@@ -5,12 +5,15 @@ Run from the repository root:
     python benchmarks/paired_ab.py --lever graph [--batch 1] [--threads 1,2] [--forwards 80]
     python benchmarks/paired_ab.py --lever gemm1x1
     python benchmarks/paired_ab.py --lever fold
+    python benchmarks/paired_ab.py --lever shuffle [--eager]
 
 ``graph``: eager PyTorch (before) against the frozen TorchScript graph ``veloxseg predict`` runs
-(after, :class:`veloxseg.inference.graph.FrozenGraph`). ``gemm1x1``: 1x1x1 convs on oneDNN (before)
-against :func:`veloxseg.networks.layers.conv1x1_gemm` (after), both eager. ``fold``: the graph as
-traced and frozen (before) against the graph with its shape arithmetic and weight-only work folded
-into constants (after, the default). Before and after alternate forward by forward (which one goes
+(after, :class:`veloxseg.inference.graph.FrozenGraph`). ``fold``: the graph as traced and frozen
+(before) against the graph with its shape arithmetic and weight-only work folded into constants
+(after, the default). The others switch one fast path off (before) and on (after), each side a
+graph traced with its setting (``--eager``: eager calls): ``gemm1x1``, 1x1x1 convs on oneDNN against
+:func:`veloxseg.networks.layers.conv1x1_gemm`; ``shuffle``, the head's pixel shuffle copied value by
+value against in 16-byte elements (``veloxseg.networks.decoder.WIDE_COPIES``). Before and after alternate forward by forward (which one goes
 first alternates too), so a slow spell of the machine hits both; the figure to read is the median
 of the paired differences.
 """
@@ -18,32 +21,49 @@ of the paired differences.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
 from veloxseg import VeloxSeg
 from veloxseg.inference.graph import FrozenGraph
-from veloxseg.networks import layers
+from veloxseg.networks import decoder, layers
 from veloxseg.presets import get_preset
 from veloxseg.runtime import tune_allocator
 
 
-def _gemm(enabled: bool, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+#: levers that are a module-level switch: (module, attribute), read while tracing (and by eager calls)
+SWITCHES = {"gemm1x1": (layers, "_GEMM_1X1"), "shuffle": (decoder, "WIDE_COPIES")}
+
+
+@contextlib.contextmanager
+def _switch(lever: str, enabled: bool) -> Iterator[None]:
+    module, name = SWITCHES[lever]
+    previous = getattr(module, name)
+    setattr(module, name, enabled)
+    try:
+        yield
+    finally:
+        setattr(module, name, previous)
+
+
+def _side(lever: str, enabled: bool, model: torch.nn.Module, eager: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One side of a switch lever: eager calls with the switch set, or a graph traced with it set."""
+    graph = None if eager else FrozenGraph(model)
+
     def run(x: torch.Tensor) -> torch.Tensor:
-        previous, layers._GEMM_1X1 = layers._GEMM_1X1, enabled
-        try:
-            return model(x)
-        finally:
-            layers._GEMM_1X1 = previous
+        with _switch(lever, enabled):  # a graph is traced on its first call per thread count, with the switch set
+            return model(x) if graph is None else graph(x)
     return run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lever", choices=("graph", "gemm1x1", "fold"), required=True)
+    parser.add_argument("--lever", choices=("graph", "fold", *SWITCHES), required=True)
+    parser.add_argument("--eager", action="store_true", help="switch levers: time eager calls, not frozen graphs")
     parser.add_argument("--preset", default="autopet")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", default="1,2")
@@ -58,7 +78,7 @@ def main() -> int:
     elif args.lever == "fold":
         before, after = FrozenGraph(model, fold=False), FrozenGraph(model)
     else:
-        before, after = _gemm(False, model), _gemm(True, model)
+        before, after = _side(args.lever, False, model, args.eager), _side(args.lever, True, model, args.eager)
     print(f"lever {args.lever}, preset {args.preset}, input {tuple(x.shape)}, {args.forwards} forwards per side")
     with torch.inference_mode():
         for threads in [int(t) for t in args.threads.split(",")]:

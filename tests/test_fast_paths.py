@@ -93,17 +93,47 @@ def test_training_step_with_dropout_is_reproducible_from_the_seed():
     assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
 
 
-def test_pixel_shuffle_head_in_depth_slabs_matches_whole_conv():
+@pytest.mark.parametrize("factor", [2, 3, 4])  # runs of 8 bytes (float64), 12 (value by value), 16 (complex128)
+def test_pixel_shuffle_head_in_depth_slabs_matches_whole_conv(factor):
     from veloxseg.networks.decoder import PixelShuffleHead
 
-    head = PixelShuffleHead(8, 3, 2).eval()
+    head = PixelShuffleHead(8, 3, factor).eval()
     x = torch.randn(2, 8, 7, 5, 6)
+    r = factor
     with torch.no_grad():
         whole = torch.nn.functional.conv3d(x, head.conv.weight, head.conv.bias, padding=1)
-        expected = whole.view(2, 3, 2, 2, 2, 7, 5, 6).permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(2, 3, 14, 10, 12)
-        for slab_bytes in (1, 24 * 5 * 6 * 4 * 3, 1 << 30):  # one slice, 3 slices (7 = 3 + 3 + 1), all at once
+        expected = whole.view(2, 3, r, r, r, 7, 5, 6).permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(2, 3, 7 * r, 5 * r, 6 * r)
+        slab3 = 3 * 5 * 6 * 3 * r**3 * 4  # bytes of a 3-slice slab of the conv output
+        for slab_bytes in (1, slab3, 1 << 30):  # one slice, 3 slices (7 = 3 + 3 + 1), all at once
+            assert torch.equal(head._forward_slabs(x, slab_bytes), head._forward_slabs(x, slab_bytes))
             assert torch.allclose(head._forward_slabs(x, slab_bytes), expected, atol=1e-5)
         assert torch.allclose(head(x), expected, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace / freeze
+def test_pixel_shuffle_into_wide_elements_equals_value_by_value_also_in_a_graph():
+    from veloxseg.networks import decoder
+
+    x = torch.randn(1, 2 * 64, 3, 5, 6).contiguous(memory_format=torch.channels_last_3d)
+
+    def shuffled(op) -> torch.Tensor:
+        out = torch.full((1, 2, 5, 4, 5, 4, 6, 4), -7.0)  # a value x cannot hold
+        op(out[:, :, 1:4], x)  # a slab of a bigger output, as the head writes it
+        return out
+
+    by_value = shuffled(decoder._shuffle_into)
+    assert torch.equal(shuffled(torch.ops.veloxseg.pixel_shuffle_into_), by_value)
+    assert torch.equal(shuffled(lambda o, y: torch.ops.veloxseg.pixel_shuffle_into_(o, y.contiguous())), by_value)
+    assert (by_value[:, :, 1:4] != -7.0).all() and (by_value[:, :, 0] == -7.0).all() and (by_value[:, :, 4] == -7.0).all()
+
+    class Slab(torch.nn.Module):
+        def forward(self, y: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(1, 2, 3, 4, 5, 4, 6, 4)
+            torch.ops.veloxseg.pixel_shuffle_into_(out, y * 1.0)
+            return out
+
+    graph = torch.jit.freeze(torch.jit.trace(Slab().eval(), (x,)))
+    assert torch.equal(graph(x), by_value[:, :, 1:4])
 
 
 @pytest.mark.parametrize("batch,channels,groups,size,bias", [(1, (16, 16), 4, 24, True), (2, (64, 128), 1, 6, True),

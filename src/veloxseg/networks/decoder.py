@@ -37,6 +37,43 @@ class DecoderLadder(nn.Module):
         return out
 
 
+#: element types that move this many bytes at once (a bit-for-bit copy; the values are never read as numbers)
+_WIDE_ELEMENT = {16: torch.complex128, 8: torch.float64}
+#: the head's pixel shuffle through :func:`pixel_shuffle_into_`; off only for ``benchmarks/paired_ab.py --lever shuffle``
+WIDE_COPIES = True
+
+
+def _shuffle_into(out: torch.Tensor, x: torch.Tensor) -> None:
+    """``out (B, C, d, r, h, r, w, r) <- pixel shuffle of x (B, C*r^3, d, h, w)``, value by value."""
+    b, c, d, r, h, _, w, _ = out.shape
+    out.copy_(x.view(b, c, r, r, r, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4))
+
+
+@torch.library.custom_op("veloxseg::pixel_shuffle_into_", mutates_args=("out",))
+def pixel_shuffle_into_(out: torch.Tensor, x: torch.Tensor) -> None:
+    """Write the 3-D pixel shuffle of ``x`` ``(B, C*r^3, d, h, w)`` into ``out`` viewed as ``(B, C, d, r, h, r, w, r)``.
+
+    The shuffle's innermost contiguous run is ``r`` values: one voxel's ``r`` neighbouring channels
+    in a channels-last ``x``. Moved as one 16- or 8-byte element (a bit-for-bit copy), the copy is
+    about 4x faster than value by value (autopet head slab, 1 thread: 170 -> 40 us). An operator of
+    its own (``torch.library``) because TorchScript cannot reinterpret a tensor's element type; any
+    other layout or size is copied value by value.
+    """
+    b, c, d, r, h, _, w, _ = out.shape
+    wide = _WIDE_ELEMENT.get(r * x.element_size())
+    strides_ok = all(s % r == 0 for s in out.stride()[:-1]) and out.storage_offset() % r == 0 and out.stride(-1) == 1
+    if wide is None or not strides_ok or not x.is_contiguous(memory_format=torch.channels_last_3d):
+        _shuffle_into(out, x)
+        return
+    runs = x.permute(0, 2, 3, 4, 1).view(wide).view(b, d, h, w, c, r, r)
+    out.view(wide).view(b, c, d, r, h, r, w).copy_(runs.permute(0, 4, 1, 5, 2, 6, 3))
+
+
+@pixel_shuffle_into_.register_fake
+def _(out: torch.Tensor, x: torch.Tensor) -> None:
+    return None
+
+
 class PixelShuffleHead(nn.Module):
     """"Unified upsampling": a 3x3x3 conv to ``p^3 * out_channels`` and a 3-D pixel shuffle by ``p``."""
 
@@ -69,7 +106,10 @@ class PixelShuffleHead(nn.Module):
         for d0 in range(0, d, slab):
             d1 = min(d0 + slab, d)
             y = Conv3d.conv(padded[:, :, d0:d1 + 2], weight, self.conv.bias, padding=(0, 1, 1))
-            view[:, :, d0:d1].copy_(y.view(b, c, r, r, r, d1 - d0, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4))
+            if WIDE_COPIES:
+                torch.ops.veloxseg.pixel_shuffle_into_(view[:, :, d0:d1], y)
+            else:
+                _shuffle_into(view[:, :, d0:d1], y)
         return out
 
 
