@@ -6,16 +6,19 @@ Run from the repository root:
     python benchmarks/paired_ab.py --lever gemm1x1
     python benchmarks/paired_ab.py --lever fold
     python benchmarks/paired_ab.py --lever shuffle [--eager]
+    python benchmarks/paired_ab.py --lever mlp [--eager]
 
 ``graph``: eager PyTorch (before) against the frozen TorchScript graph ``veloxseg predict`` runs
 (after, :class:`veloxseg.inference.graph.FrozenGraph`). ``fold``: the graph as traced and frozen
 (before) against the graph with its shape arithmetic and weight-only work folded into constants
-(after, the default). The others switch one fast path off (before) and on (after), each side a
-graph traced with its setting (``--eager``: eager calls): ``gemm1x1``, 1x1x1 convs on oneDNN against
+(after, the default). The others switch one fast path off (before) and on (after), each side a graph
+traced with its setting (``--eager``: eager calls): ``gemm1x1``, 1x1x1 convs on oneDNN against
 :func:`veloxseg.networks.layers.conv1x1_gemm`; ``shuffle``, the head's pixel shuffle copied value by
-value against in 16-byte elements (``veloxseg.networks.decoder.WIDE_COPIES``). Before and after alternate forward by forward (which one goes
-first alternates too), so a slow spell of the machine hits both; the figure to read is the median
-of the paired differences.
+value against in 16-byte elements (``veloxseg.networks.decoder.WIDE_COPIES``); ``mlp``, the FFNs'
+hidden maps between PyTorch tensors against kept in oneDNN's layout
+(``veloxseg.networks.layers.ONEDNN_MLP``). Before and after alternate forward by forward (which one
+goes first alternates too), so a slow spell of the machine hits both; the figure to read is the
+median of the paired differences.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from veloxseg.runtime import tune_allocator
 
 
 #: levers that are a module-level switch: (module, attribute), read while tracing (and by eager calls)
-SWITCHES = {"gemm1x1": (layers, "_GEMM_1X1"), "shuffle": (decoder, "WIDE_COPIES")}
+SWITCHES = {"gemm1x1": (layers, "_GEMM_1X1"), "shuffle": (decoder, "WIDE_COPIES"), "mlp": (layers, "ONEDNN_MLP")}
 
 
 @contextlib.contextmanager

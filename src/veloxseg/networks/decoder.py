@@ -39,7 +39,8 @@ class DecoderLadder(nn.Module):
 
 #: element types that move this many bytes at once (a bit-for-bit copy; the values are never read as numbers)
 _WIDE_ELEMENT = {16: torch.complex128, 8: torch.float64}
-#: the head's pixel shuffle through :func:`pixel_shuffle_into_`; off only for ``benchmarks/paired_ab.py --lever shuffle``
+#: the head's pixel shuffle through :func:`pixel_shuffle_into_`
+#: (off only for ``benchmarks/paired_ab.py --lever shuffle``)
 WIDE_COPIES = True
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .layers import Conv3d, Dropout, LayerNorm3d, dropout_matmul, fast_paths_enabled, upsample_trilinear
+from .layers import Conv3d, Dropout, LayerNorm3d, conv_gelu_conv, dropout_matmul, fast_paths_enabled, upsample_trilinear
 
 Size3 = tuple[int, int, int]
 
@@ -282,4 +282,6 @@ class PWABlock(nn.Module):
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         attended = self.attn([norm(x) for norm, x in zip(self.norm1, xs)])
         xs = [x + a for x, a in zip(xs, attended)]
-        return [x + ffn(x) for ffn, x in zip(self.ffn, xs)]
+        if self.training:
+            return [x + ffn(x) for ffn, x in zip(self.ffn, xs)]
+        return [x + conv_gelu_conv(ffn[0](x), ffn[1], ffn[4]) for ffn, x in zip(self.ffn, xs)]  # dropouts: identity
