@@ -5,13 +5,15 @@ Run from the repository root:
     python benchmarks/paired_ab.py --lever graph [--batch 1] [--threads 1,2] [--forwards 80]
     python benchmarks/paired_ab.py --lever gemm1x1
     python benchmarks/paired_ab.py --lever fold
+    python benchmarks/paired_ab.py --lever prepack
     python benchmarks/paired_ab.py --lever shuffle [--eager]
     python benchmarks/paired_ab.py --lever mlp [--eager]
 
 ``graph``: eager PyTorch (before) against the frozen TorchScript graph ``veloxseg predict`` runs
 (after, :class:`veloxseg.inference.graph.FrozenGraph`). ``fold``: the graph as traced and frozen
 (before) against the graph with its shape arithmetic and weight-only work folded into constants
-(after, the default). The others switch one fast path off (before) and on (after), each side a graph
+(after, the default). ``prepack``: the graph's oneDNN convs reordering their weights on every call
+(before) against weights reordered once (after, the default). The others switch one fast path off (before) and on (after), each side a graph
 traced with its setting (``--eager``: eager calls): ``gemm1x1``, 1x1x1 convs on oneDNN against
 :func:`veloxseg.networks.layers.conv1x1_gemm`; ``shuffle``, the head's pixel shuffle copied value by
 value against in 16-byte elements (``veloxseg.networks.decoder.WIDE_COPIES``); ``mlp``, the FFNs'
@@ -65,7 +67,7 @@ def _side(lever: str, enabled: bool, model: torch.nn.Module, eager: bool) -> Cal
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lever", choices=("graph", "fold", *SWITCHES), required=True)
+    parser.add_argument("--lever", choices=("graph", "fold", "prepack", *SWITCHES), required=True)
     parser.add_argument("--eager", action="store_true", help="switch levers: time eager calls, not frozen graphs")
     parser.add_argument("--preset", default="autopet")
     parser.add_argument("--batch", type=int, default=1)
@@ -80,6 +82,8 @@ def main() -> int:
         before, after = model, FrozenGraph(model)
     elif args.lever == "fold":
         before, after = FrozenGraph(model, fold=False), FrozenGraph(model)
+    elif args.lever == "prepack":
+        before, after = FrozenGraph(model, prepack=False), FrozenGraph(model)
     else:
         before, after = _side(args.lever, False, model, args.eager), _side(args.lever, True, model, args.eager)
     print(f"lever {args.lever}, preset {args.preset}, input {tuple(x.shape)}, {args.forwards} forwards per side")

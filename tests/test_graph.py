@@ -139,3 +139,24 @@ def test_sizes_that_depend_on_the_input_values_are_not_folded():
         assert torch.equal(graph(first), module(first))
         assert torch.equal(graph(second), module(second))  # one positive value now, not six
     assert "aten::size" in _kinds(graph)
+
+
+def _conv_weights(graph: FrozenGraph) -> list[str]:
+    """Where each oneDNN conv of the traced graph takes its weight from (node kinds)."""
+    (_, traced), = graph._graphs.values()
+    return [n.inputsAt(1).node().kind() for n in traced.graph.nodes() if n.kind() == "aten::mkldnn_convolution"]
+
+
+def test_conv_weights_are_reordered_for_onednn_once_with_the_same_result(deployed):
+    x = torch.randn(1, 2, 64, 64, 64)
+    with torch.inference_mode():
+        packed, plain = FrozenGraph(deployed), FrozenGraph(deployed, prepack=False)
+        out, expected = packed(x), plain(x)
+        again = packed(-x)
+    sources = _conv_weights(packed)
+    assert set(_conv_weights(plain)) == {"prim::Constant"}
+    # every conv takes a reordered weight (a module attribute) except the head's channels-last slab convs
+    assert sources.count("prim::GetAttr") >= len(sources) // 2 and set(sources) <= {"prim::GetAttr", "prim::Constant"}
+    assert torch.equal(out, expected)
+    with torch.inference_mode():
+        assert torch.equal(again, plain(-x))

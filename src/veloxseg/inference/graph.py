@@ -48,17 +48,19 @@ class FrozenGraph(nn.Module):
 
     One graph is kept per (channels, spatial size, thread count), traced at the largest batch
     seen, after ``trace_after`` eager calls with that key (0: on the first call). ``fold=False``
-    keeps the traced shape arithmetic and weight-only work in the graph (for before/after timing,
-    ``benchmarks/paired_ab.py --lever fold``).
+    keeps the traced shape arithmetic and weight-only work in the graph, ``prepack=False`` the conv
+    weights in PyTorch's layout (for before/after timing, ``benchmarks/paired_ab.py --lever fold``
+    and ``--lever prepack``).
     """
 
-    def __init__(self, module: nn.Module, trace_after: int = 0, fold: bool = True) -> None:
+    def __init__(self, module: nn.Module, trace_after: int = 0, fold: bool = True, prepack: bool = True) -> None:
         super().__init__()
         if trace_after < 0:
             raise ValueError(f"trace_after must be >= 0, got {trace_after}")
         self.module = module
         self.trace_after = trace_after
         self.fold = fold
+        self.prepack = prepack
         self.eval()
         self._graphs: dict[tuple, tuple[int, torch.jit.ScriptModule | None]] = {}
         self._calls: dict[tuple, int] = {}
@@ -105,6 +107,8 @@ class FrozenGraph(nn.Module):
                     for _ in range(3 if self.fold else 0):  # a second round folds what the first made constant
                         if not _fold_constants(graph, windows[0]):
                             break
+                    if self.prepack:  # after folding: the fold reads attributes as constants
+                        _prepack_conv_weights(graph, windows[0])
                     with torch.jit.optimized_execution(False):
                         got = [graph(w) for w in windows]
             except Exception as err:  # noqa: BLE001 - any tracing failure means: run eagerly
@@ -215,17 +219,7 @@ def _fold_constants(module: torch.jit.ScriptModule, example: torch.Tensor) -> bo
                 wanted.append((i, j))
     if not wanted:
         return False
-    probe = graph.copy()
-    copied = list(probe.nodes())
-    probed = [copied[i].outputsAt(j) for i, j in wanted]
-    returned = probe.create("prim::TupleConstruct", probed)
-    returned.output().setType(torch._C.TupleType([v.type() for v in probed]))
-    returned.insertBefore(probe.return_node())
-    for _ in range(len(list(probe.outputs()))):
-        probe.eraseOutput(0)
-    probe.registerOutput(returned.output())
-    with torch.jit.optimized_execution(False):
-        read = torch._C._create_function_from_graph("constants", probe)(module._c, example)
+    read = _read_values(module, [(i, "output", j) for i, j in wanted], example)
     for (i, j), value in zip(wanted, read):
         graph.setInsertPoint(nodes[i])
         constant = graph.insertConstant(value)
@@ -234,3 +228,68 @@ def _fold_constants(module: torch.jit.ScriptModule, example: torch.Tensor) -> bo
     torch._C._jit_pass_constant_propagation(graph)
     torch._C._jit_pass_dce(graph)
     return True
+
+
+def _read_values(module: torch.jit.ScriptModule, where: list[tuple[int, str, int]], example: torch.Tensor) -> tuple:
+    """The values at ``where`` (node index, ``"input"`` or ``"output"``, position) in one run on ``example``.
+
+    Runs a copy of ``module``'s graph that returns those values instead of its outputs.
+    """
+    probe = module.graph.copy()
+    copied = list(probe.nodes())
+    probed = [copied[i].inputsAt(k) if kind == "input" else copied[i].outputsAt(k) for i, kind, k in where]
+    returned = probe.create("prim::TupleConstruct", probed)
+    returned.output().setType(torch._C.TupleType([v.type() for v in probed]))
+    returned.insertBefore(probe.return_node())
+    for _ in range(len(list(probe.outputs()))):
+        probe.eraseOutput(0)
+    probe.registerOutput(returned.output())
+    with torch.jit.optimized_execution(False):
+        return torch._C._create_function_from_graph("probe", probe)(module._c, example)
+
+
+def _prepack_conv_weights(module: torch.jit.ScriptModule, example: torch.Tensor) -> int:
+    """Give every oneDNN conv of the graph its weight already reordered into oneDNN's blocked layout.
+
+    ``aten::mkldnn_convolution`` with a plain weight reorders it on every call (about 0.6 ms of a
+    VeloxSeg forward at 1 thread, weights cold in cache); the reordered weight, computed once
+    for the conv's one input shape, is kept as an attribute of the module. Convs whose weight or
+    input is channels-last are left alone (a reordered weight would change their output's layout).
+    Returns the number of convs changed.
+    """
+    graph = module.graph
+    nodes = list(graph.nodes())
+    candidates = []
+    for i, node in enumerate(nodes):
+        if node.kind() != "aten::mkldnn_convolution" or not all(
+                node.inputsAt(k).node().kind() == "prim::Constant" for k in range(1, 7)):
+            continue
+        weight = node.inputsAt(1).toIValue()
+        if isinstance(weight, torch.Tensor) and weight.layout == torch.strided and weight.dim() == 5 \
+                and weight.dtype == torch.float32 and weight.is_contiguous():
+            candidates.append(i)
+    if not candidates:
+        return 0
+    inputs = _read_values(module, [(i, "input", 0) for i in candidates], example)
+    self_value = next(iter(graph.inputs()))
+    changed = 0
+    for i, x in zip(candidates, inputs):
+        node = nodes[i]
+        if x.layout == torch.strided and not x.is_contiguous():
+            continue  # channels-last (or another layout): its output layout follows the weight's
+        weight, _, padding, stride, dilation, groups = (node.inputsAt(k).toIValue() for k in range(1, 7))
+        try:
+            packed = torch._C._nn.mkldnn_reorder_conv3d_weight(weight.to_mkldnn(), padding, stride, dilation, groups,
+                                                               list(x.shape))
+        except RuntimeError:
+            continue
+        name = f"_onednn_weight_{changed}"
+        module._c._register_attribute(name, torch._C.TensorType.get(), packed)
+        read = graph.create("prim::GetAttr", [self_value])
+        read.s_("name", name)
+        read.output().setType(torch._C.TensorType.get())
+        read.insertBefore(node)
+        node.replaceInput(1, read.output())
+        changed += 1
+    torch._C._jit_pass_dce(graph)
+    return changed
