@@ -141,10 +141,11 @@ def test_sizes_that_depend_on_the_input_values_are_not_folded():
     assert "aten::size" in _kinds(graph)
 
 
-def _conv_weights(graph: FrozenGraph) -> list[str]:
-    """Where each oneDNN conv of the traced graph takes its weight from (node kinds)."""
+def _conv_weights(graph: FrozenGraph) -> list[tuple[str, str]]:
+    """Each oneDNN conv of the traced graph: its op, and where it takes its weight from (node kind)."""
     (_, traced), = graph._graphs.values()
-    return [n.inputsAt(1).node().kind() for n in traced.graph.nodes() if n.kind() == "aten::mkldnn_convolution"]
+    return [(n.kind(), n.inputsAt(1).node().kind()) for n in traced.graph.nodes()
+            if n.kind() in ("aten::mkldnn_convolution", "mkldnn::_convolution_pointwise")]
 
 
 def test_conv_weights_are_reordered_for_onednn_once_with_the_same_result(deployed):
@@ -153,10 +154,10 @@ def test_conv_weights_are_reordered_for_onednn_once_with_the_same_result(deploye
         packed, plain = FrozenGraph(deployed), FrozenGraph(deployed, prepack=False)
         out, expected = packed(x), plain(x)
         again = packed(-x)
-    sources = _conv_weights(packed)
-    assert set(_conv_weights(plain)) == {"prim::Constant"}
-    # every conv takes a reordered weight (a module attribute) except the head's channels-last slab convs
-    assert sources.count("prim::GetAttr") >= len(sources) // 2 and set(sources) <= {"prim::GetAttr", "prim::Constant"}
+    assert {source for _, source in _conv_weights(plain)} == {"prim::Constant"}
+    convs = _conv_weights(packed)
+    assert len(convs) == len(_conv_weights(plain)) and {source for _, source in convs} == {"prim::GetAttr"}
+    assert ("mkldnn::_convolution_pointwise", "prim::GetAttr") in convs  # the head's channels-last slab convs
     assert torch.equal(out, expected)
     with torch.inference_mode():
         assert torch.equal(again, plain(-x))

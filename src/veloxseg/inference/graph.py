@@ -252,10 +252,12 @@ def _prepack_conv_weights(module: torch.jit.ScriptModule, example: torch.Tensor)
     """Give every oneDNN conv of the graph its weight already reordered into oneDNN's blocked layout.
 
     ``aten::mkldnn_convolution`` with a plain weight reorders it on every call (about 0.6 ms of a
-    VeloxSeg forward at 1 thread, weights cold in cache); the reordered weight, computed once
-    for the conv's one input shape, is kept as an attribute of the module. Convs whose weight or
-    input is channels-last are left alone (a reordered weight would change their output's layout).
-    Returns the number of convs changed.
+    VeloxSeg forward at 1 thread, weights cold in cache). Each conv's weight is reordered once for
+    its one input shape and kept as an attribute of the module. A conv on a channels-last input (the
+    head's slabs) becomes ``mkldnn::_convolution_pointwise`` (oneDNN's inference conv, as
+    ``torch.compile`` uses it), whose output stays channels-last with a reordered weight; the others
+    keep their op (as ``_convolution_pointwise`` the grouped convs took other, slower kernels: +3.8 ms a
+    forward). Returns the number of convs changed.
     """
     graph = module.graph
     nodes = list(graph.nodes())
@@ -266,7 +268,7 @@ def _prepack_conv_weights(module: torch.jit.ScriptModule, example: torch.Tensor)
             continue
         weight = node.inputsAt(1).toIValue()
         if isinstance(weight, torch.Tensor) and weight.layout == torch.strided and weight.dim() == 5 \
-                and weight.dtype == torch.float32 and weight.is_contiguous():
+                and weight.dtype == torch.float32:
             candidates.append(i)
     if not candidates:
         return 0
@@ -275,12 +277,14 @@ def _prepack_conv_weights(module: torch.jit.ScriptModule, example: torch.Tensor)
     changed = 0
     for i, x in zip(candidates, inputs):
         node = nodes[i]
-        if x.layout == torch.strided and not x.is_contiguous():
-            continue  # channels-last (or another layout): its output layout follows the weight's
         weight, _, padding, stride, dilation, groups = (node.inputsAt(k).toIValue() for k in range(1, 7))
+        onednn_input = x.layout != torch.strided
+        channels_last = not onednn_input and not x.is_contiguous()
+        if not weight.is_contiguous() and not channels_last:
+            continue
         try:
-            packed = torch._C._nn.mkldnn_reorder_conv3d_weight(weight.to_mkldnn(), padding, stride, dilation, groups,
-                                                               list(x.shape))
+            packed = torch._C._nn.mkldnn_reorder_conv3d_weight(weight.contiguous().to_mkldnn(), padding, stride,
+                                                               dilation, groups, list(x.shape))
         except RuntimeError:
             continue
         name = f"_onednn_weight_{changed}"
@@ -290,6 +294,23 @@ def _prepack_conv_weights(module: torch.jit.ScriptModule, example: torch.Tensor)
         read.output().setType(torch._C.TensorType.get())
         read.insertBefore(node)
         node.replaceInput(1, read.output())
+        if channels_last:
+            _to_pointwise(graph, node)
         changed += 1
     torch._C._jit_pass_dce(graph)
     return changed
+
+
+def _to_pointwise(graph: torch._C.Graph, node: torch._C.Node) -> None:
+    """Replace an ``aten::mkldnn_convolution`` node by ``mkldnn::_convolution_pointwise`` without a fused op."""
+    graph.setInsertPoint(node)
+    attr, algorithm = graph.insertConstant("none"), graph.insertConstant("")
+    scalars = graph.create("prim::ListConstruct", [])
+    scalars.output().setType(torch._C.ListType(torch._C.OptionalType(torch._C.NumberType.get())))
+    scalars.insertBefore(node)
+    conv = graph.create("mkldnn::_convolution_pointwise", [*node.inputs(), attr, scalars.output(), algorithm], 1)
+    conv.output().setType(node.output().type())
+    conv.insertBefore(node)
+    node.output().replaceAllUsesWith(conv.output())
+    node.destroy()
+    graph.setInsertPoint(graph.return_node())
