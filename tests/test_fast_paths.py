@@ -124,6 +124,10 @@ def test_pixel_shuffle_into_wide_elements_equals_value_by_value_also_in_a_graph(
     by_value = shuffled(decoder._shuffle_into)
     assert torch.equal(shuffled(torch.ops.veloxseg.pixel_shuffle_into_), by_value)
     assert torch.equal(shuffled(lambda o, y: torch.ops.veloxseg.pixel_shuffle_into_(o, y.contiguous())), by_value)
+    misaligned = torch.empty(1 + by_value.numel())[1:].view(by_value.shape)  # runs not on 16-byte boundaries
+    misaligned.fill_(-7.0)
+    torch.ops.veloxseg.pixel_shuffle_into_(misaligned[:, :, 1:4], x)
+    assert torch.equal(misaligned, by_value)
     assert (by_value[:, :, 1:4] != -7.0).all()
     assert (by_value[:, :, 0] == -7.0).all() and (by_value[:, :, 4] == -7.0).all()
 

@@ -62,12 +62,15 @@ def pixel_shuffle_into_(out: torch.Tensor, x: torch.Tensor) -> None:
     """
     b, c, d, r, h, _, w, _ = out.shape
     wide = _WIDE_ELEMENT.get(r * x.element_size())
-    strides_ok = all(s % r == 0 for s in out.stride()[:-1]) and out.storage_offset() % r == 0 and out.stride(-1) == 1
-    if wide is None or not strides_ok or not x.is_contiguous(memory_format=torch.channels_last_3d):
-        _shuffle_into(out, x)
-        return
-    runs = x.permute(0, 2, 3, 4, 1).view(wide).view(b, d, h, w, c, r, r)
-    out.view(wide).view(b, c, d, r, h, r, w).copy_(runs.permute(0, 4, 1, 5, 2, 6, 3))
+    if wide is not None and x.is_contiguous(memory_format=torch.channels_last_3d):
+        try:  # a view of r-value runs as one element needs them contiguous and aligned in both tensors
+            dst, src = out.view(wide), x.permute(0, 2, 3, 4, 1).view(wide)
+        except RuntimeError:
+            pass
+        else:
+            dst.view(b, c, d, r, h, r, w).copy_(src.view(b, d, h, w, c, r, r).permute(0, 4, 1, 5, 2, 6, 3))
+            return
+    _shuffle_into(out, x)
 
 
 @pixel_shuffle_into_.register_fake
