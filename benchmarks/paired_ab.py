@@ -8,13 +8,15 @@ Run from the repository root:
     python benchmarks/paired_ab.py --lever prepack
     python benchmarks/paired_ab.py --lever shuffle [--eager]
     python benchmarks/paired_ab.py --lever mlp [--eager]
+    python benchmarks/paired_ab.py --lever shuffle,mlp,prepack  # several together
 
 ``graph``: eager PyTorch (before) against the frozen TorchScript graph ``veloxseg predict`` runs
 (after, :class:`veloxseg.inference.graph.FrozenGraph`). ``fold``: the graph as traced and frozen
 (before) against the graph with its shape arithmetic and weight-only work folded into constants
-(after, the default). ``prepack``: the graph's oneDNN convs reordering their weights on every call
-(before) against weights reordered once (after, the default). The others switch one fast path off (before) and on (after), each side a graph
-traced with its setting (``--eager``: eager calls): ``gemm1x1``, 1x1x1 convs on oneDNN against
+(after, the default). The others switch one fast path off (before) and on (after), each side a graph
+traced with its setting (``--eager``: eager calls), and can be given together (comma-separated):
+``prepack``, the graph's oneDNN convs reordering their weights on every call against weights
+reordered once; ``gemm1x1``, 1x1x1 convs on oneDNN against
 :func:`veloxseg.networks.layers.conv1x1_gemm`; ``shuffle``, the head's pixel shuffle copied value by
 value against in 16-byte elements (``veloxseg.networks.decoder.WIDE_COPIES``); ``mlp``, the FFNs'
 hidden maps between PyTorch tensors against kept in oneDNN's layout
@@ -45,29 +47,33 @@ SWITCHES = {"gemm1x1": (layers, "_GEMM_1X1"), "shuffle": (decoder, "WIDE_COPIES"
 
 
 @contextlib.contextmanager
-def _switch(lever: str, enabled: bool) -> Iterator[None]:
-    module, name = SWITCHES[lever]
-    previous = getattr(module, name)
-    setattr(module, name, enabled)
+def _switches(levers: list[str], enabled: bool) -> Iterator[None]:
+    previous = [getattr(*SWITCHES[lever]) for lever in levers]
+    for lever in levers:
+        setattr(*SWITCHES[lever], enabled)
     try:
         yield
     finally:
-        setattr(module, name, previous)
+        for lever, value in zip(levers, previous):
+            setattr(*SWITCHES[lever], value)
 
 
-def _side(lever: str, enabled: bool, model: torch.nn.Module, eager: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """One side of a switch lever: eager calls with the switch set, or a graph traced with it set."""
-    graph = None if eager else FrozenGraph(model)
+def _side(levers: list[str], enabled: bool, model: torch.nn.Module,
+          eager: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One side: eager calls with the switches set, or a graph traced with them set (``prepack`` too)."""
+    graph = None if eager else FrozenGraph(model, prepack=enabled or "prepack" not in levers)
+    switches = [lever for lever in levers if lever != "prepack"]
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with _switch(lever, enabled):  # a graph is traced on its first call per thread count, with the switch set
+        with _switches(switches, enabled):  # a graph is traced on its first call per thread count, switches set
             return model(x) if graph is None else graph(x)
     return run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lever", choices=("graph", "fold", "prepack", *SWITCHES), required=True)
+    parser.add_argument("--lever", required=True,
+                        help=f"graph, fold, or one or more (comma-separated) of prepack, {', '.join(SWITCHES)}")
     parser.add_argument("--eager", action="store_true", help="switch levers: time eager calls, not frozen graphs")
     parser.add_argument("--preset", default="autopet")
     parser.add_argument("--batch", type=int, default=1)
@@ -78,14 +84,17 @@ def main() -> int:
     tune_allocator()
     model = VeloxSeg.from_preset(args.preset).for_inference()
     x = torch.randn(args.batch, *get_preset(args.preset).input_shape[1:], generator=torch.Generator().manual_seed(0))
+    levers = args.lever.split(",")
     if args.lever == "graph":
         before, after = model, FrozenGraph(model)
     elif args.lever == "fold":
         before, after = FrozenGraph(model, fold=False), FrozenGraph(model)
-    elif args.lever == "prepack":
-        before, after = FrozenGraph(model, prepack=False), FrozenGraph(model)
+    elif all(lever in SWITCHES or lever == "prepack" for lever in levers):
+        if args.eager and "prepack" in levers:
+            parser.error("prepack is a graph lever: drop --eager")
+        before, after = _side(levers, False, model, args.eager), _side(levers, True, model, args.eager)
     else:
-        before, after = _side(args.lever, False, model, args.eager), _side(args.lever, True, model, args.eager)
+        parser.error(f"unknown lever {args.lever!r}")
     print(f"lever {args.lever}, preset {args.preset}, input {tuple(x.shape)}, {args.forwards} forwards per side")
     with torch.inference_mode():
         for threads in [int(t) for t in args.threads.split(",")]:
