@@ -141,6 +141,21 @@ def test_pixel_shuffle_into_wide_elements_equals_value_by_value_also_in_a_graph(
     assert torch.equal(graph(x), by_value[:, :, 1:4])
 
 
+def test_an_eager_forward_does_not_load_the_compiler_stack():
+    """The deployed network's eager forward (a single volume in `predict`) imports no sympy or dynamo (~100 MB)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from veloxseg import VeloxSeg\n"
+            "m = VeloxSeg(in_channels=[1, 1], img_size=(64, 64, 64)).for_inference()\n"
+            "with torch.inference_mode():\n"
+            "    m(torch.randn(1, 2, 64, 64, 64))\n"
+            "print(sorted(n for n in ('sympy', 'torch._dynamo') if n in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.parametrize("size", [24, 12])  # oneDNN's layout kept between the convs (> 1728 voxels) / plain ops
 def test_conv_gelu_conv_equals_the_ffn_it_replaces(size):
     from veloxseg.networks.layers import Conv3d, conv_gelu_conv

@@ -50,15 +50,16 @@ def _shuffle_into(out: torch.Tensor, x: torch.Tensor) -> None:
     out.copy_(x.view(b, c, r, r, r, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4))
 
 
-@torch.library.custom_op("veloxseg::pixel_shuffle_into_", mutates_args=("out",))
 def pixel_shuffle_into_(out: torch.Tensor, x: torch.Tensor) -> None:
     """Write the 3-D pixel shuffle of ``x`` ``(B, C*r^3, d, h, w)`` into ``out`` viewed as ``(B, C, d, r, h, r, w, r)``.
 
     The shuffle's innermost contiguous run is ``r`` values: one voxel's ``r`` neighbouring channels
     in a channels-last ``x``. Moved as one 16- or 8-byte element (a bit-for-bit copy), the copy is
-    about 4x faster than value by value (autopet head slab, 1 thread: 170 -> 40 us). An operator of
-    its own (``torch.library``) because TorchScript cannot reinterpret a tensor's element type; any
-    other layout or size is copied value by value.
+    about 4x faster than value by value (autopet head slab, 1 thread: 170 -> 40 us). Any other
+    layout or size is copied value by value. TorchScript cannot reinterpret a tensor's element type,
+    so a traced graph calls this function as the operator ``torch.ops.veloxseg.pixel_shuffle_into_``
+    (registered with a plain ``torch.library.Library``: ``torch.library.custom_op``'s first eager
+    call imports ~800 modules, sympy among them, ~100 MB).
     """
     b, c, d, r, h, _, w, _ = out.shape
     wide = _WIDE_ELEMENT.get(r * x.element_size())
@@ -73,9 +74,9 @@ def pixel_shuffle_into_(out: torch.Tensor, x: torch.Tensor) -> None:
     _shuffle_into(out, x)
 
 
-@pixel_shuffle_into_.register_fake
-def _(out: torch.Tensor, x: torch.Tensor) -> None:
-    return None
+_LIBRARY = torch.library.Library("veloxseg", "DEF")
+_LIBRARY.define("pixel_shuffle_into_(Tensor(a!) out, Tensor x) -> ()")
+_LIBRARY.impl("pixel_shuffle_into_", pixel_shuffle_into_, "CPU")
 
 
 class PixelShuffleHead(nn.Module):
@@ -110,8 +111,10 @@ class PixelShuffleHead(nn.Module):
         for d0 in range(0, d, slab):
             d1 = min(d0 + slab, d)
             y = Conv3d.conv(padded[:, :, d0:d1 + 2], weight, self.conv.bias, padding=(0, 1, 1))
-            if WIDE_COPIES:
+            if WIDE_COPIES and torch.jit.is_tracing():  # recorded in the graph as the operator
                 torch.ops.veloxseg.pixel_shuffle_into_(view[:, :, d0:d1], y)
+            elif WIDE_COPIES:
+                pixel_shuffle_into_(view[:, :, d0:d1], y)
             else:
                 _shuffle_into(view[:, :, d0:d1], y)
         return out
