@@ -255,9 +255,10 @@ def _prepack_conv_weights(module: torch.jit.ScriptModule, example: torch.Tensor)
     VeloxSeg forward at 1 thread, weights cold in cache). Each conv's weight is reordered once for
     its one input shape and kept as an attribute of the module. A conv on a channels-last input (the
     head's slabs) becomes ``mkldnn::_convolution_pointwise`` (oneDNN's inference conv, as
-    ``torch.compile`` uses it), whose output stays channels-last with a reordered weight; the others
-    keep their op (as ``_convolution_pointwise`` the grouped convs took other, slower kernels: +3.8 ms a
-    forward). Returns the number of convs changed.
+    ``torch.compile`` uses it), whose output stays channels-last with a reordered weight, at batch 1
+    only (at batch 2 it took a slower kernel); the others keep their op (as ``_convolution_pointwise``
+    the grouped convs took other, slower kernels: +3.8 ms a forward). Returns the number of convs
+    changed.
     """
     graph = module.graph
     nodes = list(graph.nodes())
@@ -280,8 +281,8 @@ def _prepack_conv_weights(module: torch.jit.ScriptModule, example: torch.Tensor)
         weight, _, padding, stride, dilation, groups = (node.inputsAt(k).toIValue() for k in range(1, 7))
         onednn_input = x.layout != torch.strided
         channels_last = not onednn_input and not x.is_contiguous()
-        if not weight.is_contiguous() and not channels_last:
-            continue
+        if (not weight.is_contiguous() and not channels_last) or (channels_last and x.shape[0] > 1):
+            continue  # batch 2 on _convolution_pointwise took another kernel: head +1.9 ms (1 thread), not bit-equal
         try:
             packed = torch._C._nn.mkldnn_reorder_conv3d_weight(weight.contiguous().to_mkldnn(), padding, stride,
                                                                dilation, groups, list(x.shape))
