@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <case>.png: 3 slices through the largest predicted component")
     p.add_argument("--engine", choices=("torch", "eager", "onnxruntime"), default="torch",
                    help="torch: PyTorch; on a CPU, after 200 network calls the network is traced into a TorchScript "
-                        "graph (about 1.5-2 s once, then about 11-16%% faster per call); eager: PyTorch, never traced; "
+                        "graph (about 1.5-2 s once, then about 10-18%% faster per call); eager: PyTorch, never traced; "
                         "onnxruntime (a checkpoint is exported in memory) (default: torch)")
     p.add_argument("--num-parts", type=int, default=1, help="split the cases into this many parts (nnU-Net)")
     p.add_argument("--part-id", type=int, default=0, help="which part this process predicts (0-based)")

@@ -38,7 +38,7 @@ class TorchEngine:
 
     With ``graph=True`` on a CPU the module runs as a :class:`~.graph.FrozenGraph`: eagerly for the
     first :data:`~.graph.PREDICT_TRACE_AFTER` calls of a window shape, then traced (about 1.5-2 s once)
-    and about 11-16 % faster per call.
+    and about 10-18 % faster per call.
     """
 
     def __init__(self, module: nn.Module, device: str | torch.device = "cpu", graph: bool = False) -> None:

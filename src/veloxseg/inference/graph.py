@@ -6,8 +6,8 @@ fast CPU kernels and frozen (weights and everything computed from them folded in
 constants), then specialised to its one input shape (the traced shape arithmetic read once and
 folded away, :func:`_fold_constants`), the same ops run from TorchScript's C++ interpreter. The
 network computes the same thing (checked against eager on the window it is traced on); it is
-about 11 % faster per window at 1 thread and 16 % at 2 (docs/performance.md) after a one-off cost
-of about 1.5-2 s per window shape.
+about 13 % faster per window at 1 thread and 18 % at 2 (batch 1; 10 and 12 % at batch 2;
+docs/performance.md) after a one-off cost of about 1.5-2 s per window shape.
 
 When to pay that second is a ski-rental decision: ``veloxseg predict`` runs eagerly until a window
 shape has had :data:`PREDICT_TRACE_AFTER` network calls (by then eager has spent about what tracing
