@@ -281,8 +281,10 @@ def _prepack_conv_weights(module: torch.jit.ScriptModule, example: torch.Tensor)
         weight, _, padding, stride, dilation, groups = (node.inputsAt(k).toIValue() for k in range(1, 7))
         onednn_input = x.layout != torch.strided
         channels_last = not onednn_input and not x.is_contiguous()
-        if (not weight.is_contiguous() and not channels_last) or (channels_last and x.shape[0] > 1):
-            continue  # batch 2 on _convolution_pointwise took another kernel: head +1.9 ms (1 thread), not bit-equal
+        if not weight.is_contiguous() and not channels_last:
+            continue
+        if channels_last and x.shape[0] > 1:
+            continue  # at batch 2 _convolution_pointwise took another kernel: head +1.9 ms (1 thread), not bit-equal
         try:
             packed = torch._C._nn.mkldnn_reorder_conv3d_weight(weight.contiguous().to_mkldnn(), padding, stride,
                                                                dilation, groups, list(x.shape))

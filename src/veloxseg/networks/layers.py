@@ -200,6 +200,18 @@ def conv1x1_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return out.view(b, cout, *x.shape[2:])
 
 
+def _fast_kernels_apply(x: torch.Tensor) -> bool:
+    """Whether :meth:`Conv3d.conv` takes its fast CPU kernels for ``x`` (CPU float32, fast paths on)."""
+    return _FAST and x.device.type == "cpu" and x.dtype == torch.float32 and not _exporting()
+
+
+def _gemm_1x1(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+              dilation: Sequence[int], groups: int) -> bool:
+    """Whether :meth:`Conv3d.conv` runs a conv as :func:`conv1x1_gemm` (inference, small maps or narrow groups)."""
+    return _GEMM_1X1 and tuple(kernel) == (1, 1, 1) and _pointwise(stride, padding, dilation) \
+        and not torch.is_grad_enabled() and (math.prod(x.shape[2:]) <= 1728 or groups >= 4)
+
+
 class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` that takes oneDNN directly on CPU float32 (same result, faster for batch-1 3-D convs)."""
 
@@ -207,9 +219,8 @@ class Conv3d(nn.Conv3d):
     def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int] = (1, 1, 1),
              padding: Sequence[int] = (0, 0, 0), dilation: Sequence[int] = (1, 1, 1), groups: int = 1) -> torch.Tensor:
         """``F.conv3d`` with the fast CPU kernel when it applies."""
-        if _FAST and x.device.type == "cpu" and x.dtype == torch.float32 and not _exporting():
-            if _GEMM_1X1 and weight.shape[2:] == (1, 1, 1) and _pointwise(stride, padding, dilation) \
-                    and not torch.is_grad_enabled() and (math.prod(x.shape[2:]) <= 1728 or groups >= 4):
+        if _fast_kernels_apply(x):
+            if _gemm_1x1(x, weight.shape[2:], stride, padding, dilation, groups):
                 return conv1x1_gemm(x, weight, bias, groups)
             return torch.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups)
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
@@ -235,8 +246,8 @@ def conv_gelu_conv(x: torch.Tensor, fc1: nn.Conv3d, fc2: nn.Conv3d) -> torch.Ten
     at 1 thread, 0.39 -> 0.30 ms at 2.
     """
     one = (1, 1, 1)
-    if (ONEDNN_MLP and _GEMM_1X1 and _FAST and not _exporting() and not torch.is_grad_enabled()
-            and x.device.type == "cpu" and x.dtype == torch.float32 and math.prod(x.shape[2:]) > 1728
+    if (ONEDNN_MLP and _fast_kernels_apply(x) and not torch.is_grad_enabled()
+            and not _gemm_1x1(x, one, one, (0, 0, 0), one, 1)  # (the hidden map has x's voxels)
             and all(fc.groups == 1 and fc.kernel_size == one and _pointwise(fc.stride, fc.padding, fc.dilation)
                     for fc in (fc1, fc2))):
         zero = (0, 0, 0)
