@@ -8,6 +8,7 @@ Run from the repository root:
     python benchmarks/paired_ab.py --lever prepack
     python benchmarks/paired_ab.py --lever shuffle [--eager]
     python benchmarks/paired_ab.py --lever mlp [--eager]
+    python benchmarks/paired_ab.py --lever depthwise [--eager]
     python benchmarks/paired_ab.py --lever shuffle,mlp,prepack  # several together
 
 ``graph``: eager PyTorch (before) against the frozen TorchScript graph ``veloxseg predict`` runs
@@ -20,7 +21,8 @@ reordered once; ``gemm1x1``, 1x1x1 convs on oneDNN against
 :func:`veloxseg.networks.layers.conv1x1_gemm`; ``shuffle``, the head's pixel shuffle copied value by
 value against in 16-byte elements (``veloxseg.networks.decoder.WIDE_COPIES``); ``mlp``, the FFNs'
 hidden maps between PyTorch tensors against kept in oneDNN's layout
-(``veloxseg.networks.layers.ONEDNN_MLP``). Before and after alternate forward by forward (which one
+(``veloxseg.networks.layers.ONEDNN_MLP``); ``depthwise``, the JLC's 5x5x5 grouped convs at level 0 on
+oneDNN's grouped kernel against as depthwise convs (``veloxseg.networks.layers.DEPTHWISE_SPLIT``). Before and after alternate forward by forward (which one
 goes first alternates too), so a slow spell of the machine hits both; the figure to read is the
 median of the paired differences.
 """
@@ -43,7 +45,8 @@ from veloxseg.runtime import tune_allocator
 
 
 #: levers that are a module-level switch: (module, attribute), read while tracing (and by eager calls)
-SWITCHES = {"gemm1x1": (layers, "_GEMM_1X1"), "shuffle": (decoder, "WIDE_COPIES"), "mlp": (layers, "ONEDNN_MLP")}
+SWITCHES = {"gemm1x1": (layers, "_GEMM_1X1"), "shuffle": (decoder, "WIDE_COPIES"), "mlp": (layers, "ONEDNN_MLP"),
+            "depthwise": (layers, "DEPTHWISE_SPLIT")}
 
 
 @contextlib.contextmanager

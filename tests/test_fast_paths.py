@@ -7,9 +7,10 @@ from veloxseg import VeloxSeg, VeloxSegLoss
 from veloxseg.networks.layers import fast_paths
 
 
-def test_eval_logits_equal_straightforward_path():
-    model = VeloxSeg(in_channels=[1, 1], img_size=(64, 64, 64)).for_inference()
-    x = torch.randn(1, 2, 64, 64, 64)
+@pytest.mark.parametrize("size", [64, 96])  # at 96^3 the level-0 5x5x5 JLC convs run as depthwise convs
+def test_eval_logits_equal_straightforward_path(size):
+    model = VeloxSeg(in_channels=[1, 1], img_size=(size,) * 3).for_inference()
+    x = torch.randn(1, 2, size, size, size)
     with torch.no_grad():
         fast = model(x)
         with fast_paths(False):
@@ -197,3 +198,34 @@ def test_upsampling_in_training_after_inference_mode_in_the_same_process():
     x = torch.randn(1, 2, 5, 5, 5, requires_grad=True)
     upsample_trilinear(x, (11, 11, 11), True).sum().backward()  # no "inference tensors cannot be saved"
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("batch,channels,width,kernel,size", [(1, 16, 4, 5, (24, 24, 24)), (2, 32, 4, 5, (17, 18, 19)),
+                                                              (1, 12, 3, 5, (20, 18, 16)), (1, 8, 2, 7, (16, 16, 20))])
+def test_grouped_conv_as_depthwise_matches_conv3d(batch, channels, width, kernel, size):
+    from veloxseg.networks.layers import Conv3d, _depthwise_split, grouped_conv_as_depthwise
+
+    conv = Conv3d(channels, channels, kernel, padding=kernel // 2, groups=channels // width)
+    x = torch.randn(batch, channels, *size)
+    expected = torch.nn.functional.conv3d(x, conv.weight, conv.bias, padding=kernel // 2, groups=conv.groups)
+    with torch.no_grad():
+        direct = grouped_conv_as_depthwise(x, conv.weight, conv.bias, conv.padding, conv.groups)
+        assert _depthwise_split(x, conv.weight, conv.stride, conv.dilation, conv.groups)
+        through_module = conv(x)
+    assert direct.shape == expected.shape and direct.is_contiguous()
+    assert torch.allclose(direct, expected, atol=1e-5)
+    assert torch.equal(through_module, direct)
+
+
+def test_depthwise_split_only_where_it_is_faster():
+    from veloxseg.networks.layers import _depthwise_split
+
+    x, small = torch.randn(1, 16, 24, 24, 24), torch.randn(1, 32, 12, 12, 12)
+    one, grouped5 = (1, 1, 1), torch.randn(16, 4, 5, 5, 5)
+    with torch.no_grad():
+        assert _depthwise_split(x, grouped5, one, one, 4)
+        assert not _depthwise_split(x, torch.randn(16, 4, 3, 3, 3), one, one, 4)  # 3x3x3: grouped kernel as fast
+        assert not _depthwise_split(small, torch.randn(32, 4, 5, 5, 5), one, one, 8)  # small map
+        assert not _depthwise_split(x, torch.randn(16, 8, 5, 5, 5), one, one, 2)  # 8 channels per group
+        assert not _depthwise_split(x, grouped5, (2, 2, 2), one, 4)  # strided
+    assert not _depthwise_split(x, grouped5, one, one, 4)  # with gradients (training): oneDNN's grouped conv

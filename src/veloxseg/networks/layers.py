@@ -9,7 +9,8 @@ computed (see docs/benchmarks.md for the figures):
 - :class:`InstanceNorm3d` is computed as a GroupNorm with one channel per group (identical
   maths, without the reshape copies of PyTorch's instance norm; 5x faster at 24^3).
 - At inference, 1x1x1 convs on small maps or in narrow groups are one matrix product per group
-  (:func:`conv1x1_gemm`), skipping oneDNN's per-call set-up.
+  (:func:`conv1x1_gemm`), skipping oneDNN's per-call set-up; wide grouped convs on large maps are
+  depthwise convs on channel-rotated copies (:func:`grouped_conv_as_depthwise`), summed.
 
 :func:`fast_paths` switches them back to PyTorch's defaults (the straightforward path), which
 the equivalence tests compare against. Tracing, ONNX export and compiling use the default ops, except
@@ -212,8 +213,56 @@ def _gemm_1x1(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], pad
         and not torch.is_grad_enabled() and (math.prod(x.shape[2:]) <= 1728 or groups >= 4)
 
 
+#: run wide grouped convs on large maps as depthwise convs (:func:`grouped_conv_as_depthwise`)
+#: (off only for ``benchmarks/paired_ab.py --lever depthwise``)
+DEPTHWISE_SPLIT = True
+
+
+def _depthwise_split(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], dilation: Sequence[int],
+                     groups: int) -> bool:
+    """Whether :meth:`Conv3d.conv` runs a grouped conv as :func:`grouped_conv_as_depthwise`.
+
+    At inference, for groups of 2-4 input and output channels, kernels of at least 5x5x5 and maps of
+    more than 4096 voxels (the JLC blocks' 5x5x5 branch at level 0); elsewhere oneDNN's grouped
+    kernel is as fast or faster (3x3x3 kernels, level 1 and deeper: docs/performance.md).
+    """
+    width = weight.shape[1]
+    return (DEPTHWISE_SPLIT and not torch.is_grad_enabled() and groups > 1 and weight.shape[0] == groups * width
+            and 2 <= width <= 4 and math.prod(weight.shape[2:]) >= 125 and math.prod(x.shape[2:]) > 4096
+            and all(s == 1 for s in stride) and all(d == 1 for d in dilation))
+
+
+def grouped_conv_as_depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                              padding: Sequence[int], groups: int) -> torch.Tensor:
+    """A grouped conv with ``g`` input and ``g`` output channels per group, as ``g`` depthwise convs, summed.
+
+    Term ``s`` convolves each channel ``c`` of a copy of ``x`` whose channels are rotated by ``s``
+    within their group (channel ``c`` holds input ``(c + s) mod g`` of its group) with the weights
+    that output ``c`` gives that input, so every (output, input) pair of a group is covered once.
+    The depthwise convs run channels-last, where oneDNN vectorises over the channels: the JLC
+    5x5x5 conv on 16 channels in groups of 4 at 24^3, 2.9 -> 1.5 ms at 1 thread, 1.6 -> 0.9 ms at
+    2, where the grouped kernel keeps most of each vector register idle. The sum runs in another
+    order than the grouped conv's (agrees to ~1e-6 relative). Returns a channels-first tensor.
+    """
+    c, g = weight.shape[0], weight.shape[1]
+    channel = torch.arange(c, device=weight.device)
+    x_cl = x.contiguous(memory_format=torch.channels_last_3d)
+    nhwc = x_cl.permute(0, 2, 3, 4, 1).unflatten(-1, (groups, g))  # (B, D, H, W, groups, g), a view
+    out = None
+    for s in range(g):
+        rotated = x_cl if s == 0 else nhwc.roll(-s, -1).flatten(-2).permute(0, 4, 1, 2, 3)
+        w = weight[channel, (channel % g + s) % g].unsqueeze(1).contiguous(memory_format=torch.channels_last_3d)
+        y = torch.mkldnn_convolution(rotated, w, bias if s == 0 else None, padding, (1, 1, 1), (1, 1, 1), c)
+        out = y if out is None else out.add_(y)
+    return out.contiguous()
+
+
 class Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` that takes oneDNN directly on CPU float32 (same result, faster for batch-1 3-D convs)."""
+    """``nn.Conv3d`` that takes oneDNN directly on CPU float32 (faster for batch-1 3-D convs).
+
+    The same result, except that wide grouped convs at inference (:func:`_depthwise_split`) sum in
+    another order (agreeing to ~1e-6 relative).
+    """
 
     @staticmethod
     def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int] = (1, 1, 1),
@@ -222,6 +271,8 @@ class Conv3d(nn.Conv3d):
         if _fast_kernels_apply(x):
             if _gemm_1x1(x, weight.shape[2:], stride, padding, dilation, groups):
                 return conv1x1_gemm(x, weight, bias, groups)
+            if _depthwise_split(x, weight, stride, dilation, groups):
+                return grouped_conv_as_depthwise(x, weight, bias, padding, groups)
             return torch.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups)
         return F.conv3d(x, weight, bias, stride, padding, dilation, groups)
 
