@@ -21,7 +21,7 @@ reordered once; ``gemm1x1``, 1x1x1 convs on oneDNN against
 :func:`veloxseg.networks.layers.conv1x1_gemm`; ``shuffle``, the head's pixel shuffle copied value by
 value against in 16-byte elements (``veloxseg.networks.decoder.WIDE_COPIES``); ``mlp``, the FFNs'
 hidden maps between PyTorch tensors against kept in oneDNN's layout
-(``veloxseg.networks.layers.ONEDNN_MLP``); ``depthwise``, the JLC's 5x5x5 grouped convs at level 0 on
+(``veloxseg.networks.layers.ONEDNN_MLP``); ``depthwise``, the JLC's 3x3x3 and 5x5x5 grouped convs at level 0 on
 oneDNN's grouped kernel against as depthwise convs (``veloxseg.networks.layers.DEPTHWISE_SPLIT``). Before and after alternate forward by forward (which one
 goes first alternates too), so a slow spell of the machine hits both; the figure to read is the
 median of the paired differences.

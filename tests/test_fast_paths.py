@@ -229,3 +229,24 @@ def test_depthwise_split_only_where_it_is_faster():
         assert not _depthwise_split(x, torch.randn(16, 8, 5, 5, 5), one, one, 2)  # 8 channels per group
         assert not _depthwise_split(x, grouped5, (2, 2, 2), one, 4)  # strided
     assert not _depthwise_split(x, grouped5, one, one, 4)  # with gradients (training): oneDNN's grouped conv
+
+
+def test_jlc_block_shares_rotated_copies_between_its_3x3x3_and_5x5x5_convs():
+    from veloxseg.networks.jlc import JLCBlock
+
+    torch.manual_seed(0)
+    block = JLCBlock(16, 4).eval()  # kernels 1, 3, 5 in groups of 4 channels
+    x = torch.randn(1, 16, 24, 24, 24)
+    with torch.no_grad():
+        local = block._local_convs(x)
+        fast = block(x)
+        small = block._local_convs(torch.randn(1, 16, 12, 12, 12))
+        with fast_paths(False):
+            slow = block(x)
+    assert [h is None for h in local] == [True, False, False]  # the 1x1 branch stays a matrix product
+    assert all(h is None for h in small)  # level 1 and deeper: oneDNN's grouped kernel
+    for branch, h in zip(block.branches[1:], local[1:]):
+        conv = branch[0]
+        expected = torch.nn.functional.conv3d(x, conv.weight, conv.bias, padding=conv.padding, groups=conv.groups)
+        assert torch.allclose(h, expected, atol=1e-5)
+    assert torch.allclose(fast, slow, atol=1e-4)

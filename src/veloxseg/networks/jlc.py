@@ -53,8 +53,8 @@ class JLCBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (layers.fast_paths_enabled() and torch.is_grad_enabled() and x.device.type == "cpu"):
             y = x
-            for branch in self.branches:
-                y = y + branch(x)
+            for branch, h in zip(self.branches, self._local_convs(x)):
+                y = y + (branch(x) if h is None else branch[1:](h))
             if self.training:
                 return y + self.ffn(y)
             return y + layers.conv_gelu_conv(self.ffn[0](y), self.ffn[1], self.ffn[3])  # dropout: identity
@@ -70,3 +70,20 @@ class JLCBlock(nn.Module):
             h = conv(x_cl).contiguous() if conv.kernel_size[0] > 1 else conv(x)
             y = y + rest(h)
         return y + self.ffn[-1](layers.recompute(self.ffn[:-1], y))
+
+    def _local_convs(self, x: torch.Tensor) -> list[torch.Tensor | None]:
+        """The branches' convs of ``x`` that run as depthwise convs on shared rotated copies (else None).
+
+        At inference on CPU float32 maps of more than 4096 voxels (level 0), the 3x3x3 and 5x5x5
+        convs share the copies of ``x`` with its channels rotated within their groups
+        (:func:`~.layers.grouped_conv_as_depthwise`): autopet frozen graph, -0.48 ms at 1 thread and
+        -0.24 ms at 2 on top of the 5x5x5 conv alone (``benchmarks/paired_ab.py --lever depthwise``).
+        """
+        convs = [branch[0] for branch in self.branches]
+        shared = [layers._fast_kernels_apply(x) and layers._depthwise_split(x, c.weight, c.stride, c.dilation,
+                                                                            c.groups, shared=True) for c in convs]
+        if sum(shared) < 2:
+            return [None] * len(convs)
+        rotations = layers.channel_rotations(x, next(c.groups for c, s in zip(convs, shared) if s))
+        return [layers.grouped_conv_as_depthwise(x, c.weight, c.bias, c.padding, c.groups, rotations) if s else None
+                for c, s in zip(convs, shared)]

@@ -219,21 +219,35 @@ DEPTHWISE_SPLIT = True
 
 
 def _depthwise_split(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], dilation: Sequence[int],
-                     groups: int) -> bool:
-    """Whether :meth:`Conv3d.conv` runs a grouped conv as :func:`grouped_conv_as_depthwise`.
+                     groups: int, shared: bool = False) -> bool:
+    """Whether a grouped conv runs as :func:`grouped_conv_as_depthwise` (:meth:`Conv3d.conv`, :class:`~.jlc.JLCBlock`).
 
-    At inference, for groups of 2-4 input and output channels, kernels of at least 5x5x5 and maps of
-    more than 4096 voxels (the JLC blocks' 5x5x5 branch at level 0); elsewhere oneDNN's grouped
-    kernel is as fast or faster (3x3x3 kernels, level 1 and deeper: docs/performance.md).
+    At inference, for groups of 2-4 input and output channels on maps of more than 4096 voxels (level
+    0), with kernels of at least 5x5x5, or 3x3x3 where the rotated copies of the input are
+    ``shared`` with another conv (the JLC blocks' 3x3x3 and 5x5x5 branches); elsewhere oneDNN's
+    grouped kernel is as fast or faster (level 1 and deeper: docs/performance.md).
     """
     width = weight.shape[1]
     return (DEPTHWISE_SPLIT and not torch.is_grad_enabled() and groups > 1 and weight.shape[0] == groups * width
-            and 2 <= width <= 4 and math.prod(weight.shape[2:]) >= 125 and math.prod(x.shape[2:]) > 4096
-            and all(s == 1 for s in stride) and all(d == 1 for d in dilation))
+            and 2 <= width <= 4 and math.prod(weight.shape[2:]) >= (27 if shared else 125)
+            and math.prod(x.shape[2:]) > 4096 and all(s == 1 for s in stride) and all(d == 1 for d in dilation))
+
+
+def channel_rotations(x: torch.Tensor, groups: int) -> list[torch.Tensor]:
+    """Channels-last copies of ``x`` with its channels rotated by 0, 1, ... within each of ``groups`` groups.
+
+    Copy ``s`` holds, in channel ``c``, input channel ``(c + s) mod g`` of ``c``'s group (``g`` channels
+    per group): the inputs of :func:`grouped_conv_as_depthwise`.
+    """
+    g = x.shape[1] // groups
+    x_cl = x.contiguous(memory_format=torch.channels_last_3d)
+    nhwc = x_cl.permute(0, 2, 3, 4, 1).unflatten(-1, (groups, g))  # (B, D, H, W, groups, g), a view
+    return [x_cl] + [nhwc.roll(-s, -1).flatten(-2).permute(0, 4, 1, 2, 3) for s in range(1, g)]
 
 
 def grouped_conv_as_depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                              padding: Sequence[int], groups: int) -> torch.Tensor:
+                              padding: Sequence[int], groups: int,
+                              rotations: list[torch.Tensor] | None = None) -> torch.Tensor:
     """A grouped conv with ``g`` input and ``g`` output channels per group, as ``g`` depthwise convs, summed.
 
     Term ``s`` convolves each channel ``c`` of a copy of ``x`` whose channels are rotated by ``s``
@@ -242,15 +256,13 @@ def grouped_conv_as_depthwise(x: torch.Tensor, weight: torch.Tensor, bias: torch
     The depthwise convs run channels-last, where oneDNN vectorises over the channels: the JLC
     5x5x5 conv on 16 channels in groups of 4 at 24^3, 2.9 -> 1.5 ms at 1 thread, 1.6 -> 0.9 ms at
     2, where the grouped kernel keeps most of each vector register idle. The sum runs in another
-    order than the grouped conv's (agrees to ~1e-6 relative). Returns a channels-first tensor.
+    order than the grouped conv's (agrees to ~1e-6 relative). ``rotations``: :func:`channel_rotations`
+    of ``x``, when several convs of ``x`` share them. Returns a channels-first tensor.
     """
     c, g = weight.shape[0], weight.shape[1]
     channel = torch.arange(c, device=weight.device)
-    x_cl = x.contiguous(memory_format=torch.channels_last_3d)
-    nhwc = x_cl.permute(0, 2, 3, 4, 1).unflatten(-1, (groups, g))  # (B, D, H, W, groups, g), a view
     out = None
-    for s in range(g):
-        rotated = x_cl if s == 0 else nhwc.roll(-s, -1).flatten(-2).permute(0, 4, 1, 2, 3)
+    for s, rotated in enumerate(rotations if rotations is not None else channel_rotations(x, groups)):
         w = weight[channel, (channel % g + s) % g].unsqueeze(1).contiguous(memory_format=torch.channels_last_3d)
         y = torch.mkldnn_convolution(rotated, w, bias if s == 0 else None, padding, (1, 1, 1), (1, 1, 1), c)
         out = y if out is None else out.add_(y)
