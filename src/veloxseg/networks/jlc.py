@@ -76,8 +76,9 @@ class JLCBlock(nn.Module):
 
         At inference on CPU float32 maps of more than 4096 voxels (level 0), the 3x3x3 and 5x5x5
         convs share the copies of ``x`` with its channels rotated within their groups
-        (:func:`~.layers.grouped_conv_as_depthwise`): autopet frozen graph, -0.48 ms at 1 thread and
-        -0.24 ms at 2 on top of the 5x5x5 conv alone (``benchmarks/paired_ab.py --lever depthwise``).
+        (:func:`~.layers.grouped_conv_as_depthwise`): autopet frozen graph, -0.42 ms at 1 thread and
+        -0.20 ms at 2 on top of the 5x5x5 conv alone (paired; the whole lever:
+        ``benchmarks/paired_ab.py --lever depthwise``).
         """
         convs = [branch[0] for branch in self.branches]
         shared = [layers._fast_kernels_apply(x) and layers._depthwise_split(x, c.weight, c.stride, c.dilation,
