@@ -10,46 +10,27 @@ batch 1 windows per second of
 - one stream on 1 thread;
 - one stream on ``--threads`` intra-op threads (what ``veloxseg bench`` reports as the 2-thread figure);
 - ``--threads`` streams at once in one process, each a Python thread with one intra-op thread,
-  the calling thread's idle OpenMP threads released first (:func:`openmp_release`).
-
-It is a measurement for docs/performance.md ("Eighth round"), not a path of the package yet: the
-streams pay only once the graph is traced (eager calls hold Python's lock for milliseconds each).
+  the calling thread's idle OpenMP threads released first
+  (:func:`veloxseg.inference.streams.openmp_release`), as ``veloxseg predict`` spreads a batch of
+  windows (:class:`veloxseg.inference.streams.WindowStreams`);
+- ``WindowStreams`` itself on batches of ``--threads`` windows (predict's path, with its per-batch
+  thread hand-over).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import functools
 import statistics
 import threading
 import time
-from collections.abc import Callable
 
 import torch
 
 from veloxseg import VeloxSeg
 from veloxseg.inference.graph import FrozenGraph
+from veloxseg.inference.streams import WindowStreams, openmp_release
 from veloxseg.presets import get_preset
 from veloxseg.runtime import tune_allocator
-
-
-@functools.lru_cache(maxsize=1)
-def openmp_release() -> Callable[[], int] | None:
-    """``omp_pause_resource_all(omp_pause_soft)`` of the GNU OpenMP runtime PyTorch runs on, or None.
-
-    After a parallel region OpenMP's idle threads spin for up to a few milliseconds waiting for the
-    next one, taking a core from any other thread; this ends the calling thread's idle ones.
-    """
-    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
-        return None
-    with open("/proc/self/maps") as f:
-        paths = {line.split()[-1] for line in f if "libgomp" in line and line.rstrip().endswith((".so", ".so.1"))}
-    if len(paths) != 1:
-        return None
-    pause = ctypes.CDLL(paths.pop()).omp_pause_resource_all
-    pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
-    return functools.partial(pause, 1)
 
 
 def rate(graph: FrozenGraph, x: torch.Tensor, threads: int, seconds: float, streams: int = 1) -> float:
@@ -87,6 +68,22 @@ def rate(graph: FrozenGraph, x: torch.Tensor, threads: int, seconds: float, stre
     return sum(counts) / seconds
 
 
+def rate_streamed(graph: FrozenGraph, x: torch.Tensor, threads: int, seconds: float) -> float:
+    """Windows per second of ``WindowStreams(graph)`` on batches of ``threads`` windows (predict's path)."""
+    streamed = WindowStreams(graph)
+    batch = x.expand(threads, *x.shape[1:]).contiguous()
+    torch.set_num_threads(threads)
+    n = 0
+    with torch.inference_mode():
+        for _ in range(3):
+            streamed(batch)
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            streamed(batch)
+            n += threads
+    return n / seconds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="autopet")
@@ -107,9 +104,11 @@ def main() -> int:
                                        (f"1 stream, {args.threads} threads", args.threads, 1),
                                        (f"{args.threads} streams, 1 thread each", 1, args.threads)):
             rows.setdefault(name, []).append(rate(graph, x, threads, args.seconds, streams))
+        rows.setdefault(f"WindowStreams, {args.threads} windows a call", []).append(
+            rate_streamed(graph, x, args.threads, args.seconds))
     base = statistics.median(rows["1 stream, 1 thread"])
     for name, values in rows.items():
-        print(f"{name:28s} {' / '.join(f'{v:.2f}' for v in values)} windows/s "
+        print(f"{name:34s} {' / '.join(f'{v:.2f}' for v in values)} windows/s "
               f"(median {statistics.median(values) / base:.2f}x one thread)")
     return 0
 

@@ -14,7 +14,7 @@ from veloxseg.summary import count_flops, count_parameters, model_summary
 def tiny(tmp_path_factory):
     """The whole bench machinery on a 32^3 input, two models, minimal repetitions."""
     out = tmp_path_factory.mktemp("bench")
-    argv = ["bench", "--models", "veloxseg,unet", "--size", "32", "--threads", "1", "--seconds", "0",
+    argv = ["bench", "--models", "veloxseg,unet", "--size", "32", "--threads", "1,2", "--seconds", "0",
             "--min-reps", "1", "--rounds", "2", "--train-steps", "1", "--train-threads", "1", "--volume", "2x40x40x36",
             "--json", str(out / "b.json"), "--markdown", str(out / "b.md"), "--no-progress"]
     assert main(argv) == 0
@@ -38,6 +38,10 @@ def test_json_structure(tiny):
         # best of 2 rounds; VeloxSeg is timed once more per round right before unet
         assert len(tp["round_medians"]) == (4 if name == "veloxseg" else 2)
         assert tp["median"] == min(tp["round_medians"])
+        side = entry["streams"]["2"]  # two windows a call, one per thread: images/s counts both
+        assert len(side["round_medians"]) == 2 and side["images_per_s"] == pytest.approx(2 / side["median"])
+        assert side["vs_1_thread"] == pytest.approx(side["images_per_s"] * tp["median"])
+        assert "1" not in entry["streams"]
         train = entry["train"]
         assert "error" not in train, train
         assert train["seconds"] > 0 and train["peak_memory"] > 0 and "peak_memory_growth" in train
@@ -77,7 +81,7 @@ def test_flops_at_preset_size_agree_with_summary_cli(capsys, tmp_path):
 def test_markdown_and_rerender(tiny, capsys):
     result, doc, out = tiny
     assert doc.startswith("# Benchmarks") and result["command"] in doc
-    for header in ("params (M)", "% conv ceiling", "peak RSS growth", "Whole-volume"):
+    for header in ("params (M)", "% conv ceiling", "peak RSS growth", "Whole-volume", "Windows side by side"):
         assert header in doc
     md = out / "again.md"
     assert main(["bench", "--from-json", str(out / "b.json"), "--markdown", str(md)]) == 0

@@ -61,6 +61,17 @@ def throughput_table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def streams_table(result: dict[str, Any]) -> str:
+    """Throughput with as many windows at once as threads, one window per thread (predict's CPU path)."""
+    rows = ["| model | threads | images/s | s per call of `threads` windows: median (min–max) | × 1 thread |",
+            "|---|---:|---:|---|---:|"]
+    for name, e in result["models"].items():
+        for t, tm in e.get("streams", {}).items():
+            rows.append(f"| {name} | {t} | {tm['images_per_s']:.3f} | {tm['median']:.3f} ({tm['min']:.3f}–"
+                        f"{tm['max']:.3f}), n={tm['reps']} | {_f(tm.get('vs_1_thread'))} |")
+    return "\n".join(rows)
+
+
 def train_table(result: dict[str, Any]) -> str:
     """One training step per model: seconds and peak memory."""
     cfg = result["config"]
@@ -106,6 +117,11 @@ def markdown(result: dict[str, Any]) -> str:
         parts += ["", ceiling_table(result)]
     if any(e.get("throughput") for e in result["models"].values()):
         parts += ["", throughput_table(result)]
+    if any(e.get("streams") for e in result["models"].values()):
+        parts += ["", "Windows side by side: a call of as many windows as threads, one window per thread on one "
+                      "intra-op thread (`veloxseg.inference.streams.WindowStreams`, how `veloxseg predict` spreads "
+                      "a batch of windows on a CPU); × 1 thread is against the 1-thread row above.",
+                  "", streams_table(result)]
     if any(e.get("train") is not None for e in result["models"].values()):
         parts += ["", f"Training step: batch {cfg['train_batch']}, {cfg['train_threads']} thread(s), "
                       "forward + the model's own loss + backward + AdamW step.", "", train_table(result)]
@@ -124,7 +140,8 @@ MODELS_NOTE = (
     "Models: `veloxseg` is the deployed network (no teachers, no deep-supervision heads; in training, the "
     "full network with both texture teachers and `VeloxSegLoss`), run for inference as `veloxseg predict` runs it "
     "on a CPU: a frozen TorchScript graph with the fast CPU kernels (traced in the warm-up; in the whole-volume "
-    "rows with predict's policy, eager until 200 calls of a window shape, so a single volume runs eagerly). "
+    "rows with predict's policy, eager until 200 calls of a window shape, so a single volume runs eagerly, and the "
+    "windows of a call side by side, one per thread). "
     "The other ways to run it (eager PyTorch, ONNX Runtime, torch.compile) are timed side by side by "
     "`python benchmarks/engines.py` ([engines.md](engines.md)). `veloxseg-straightforward` is the same network "
     "and loss run eagerly with veloxseg's fast CPU kernels switched off (PyTorch's default ops): the before/after "

@@ -20,6 +20,7 @@ from ..presets import get_preset
 from ..runtime import tune_allocator
 from ..summary import count_flops, count_parameters
 from .measure import ceilings, num_windows, time_repeated
+from ..inference.streams import WindowStreams
 from .models import DEFAULT_MODELS, build_model, check_models
 
 PARTS: tuple[str, ...] = ("ceiling", "throughput", "train", "volume")
@@ -137,7 +138,7 @@ def _tasks(cfg: BenchConfig) -> int:
     if "ceiling" not in cfg.skip:
         n += len(cfg.threads) * (1 if "throughput" in cfg.skip else 2)
     if "throughput" not in cfg.skip:
-        n += len(cfg.models) * len(cfg.threads) * cfg.rounds
+        n += len(cfg.models) * (len(cfg.threads) + sum(t > 1 for t in cfg.threads)) * cfg.rounds
     if "train" not in cfg.skip:
         n += len(cfg.models)
     if "volume" not in cfg.skip:
@@ -207,6 +208,15 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
                     ratio = None if reference is None else timing["median"] / reference["median"]
                     _record(result["models"][name]["throughput"], str(t), timing, ratio)
                     bar.update()
+                    if t > 1:  # t windows at once, one per thread, as `veloxseg predict` spreads a batch
+                        task(f"{name}: {t} windows side by side, round {rnd + 1}/{cfg.rounds}")
+                        streamed, batch = WindowStreams(model), x.expand(t, *x.shape[1:]).contiguous()
+                        with torch.inference_mode():
+                            timing = time_repeated(lambda: streamed(batch), cfg.seconds, cfg.min_reps,
+                                                   device=cfg.device)
+                        _record(result["models"][name].setdefault("streams", {}), str(t), timing)
+                        del streamed, batch
+                        bar.update()
                 if name != ref:
                     del model
                 gc.collect()
@@ -283,6 +293,10 @@ def derive(result: dict[str, Any]) -> None:
         tp = entry.get("throughput", {})
         if "1" in tp and "2" in tp:
             entry["scaling_2_vs_1"] = tp["1"]["median"] / tp["2"]["median"]
+        for t, timing in entry.get("streams", {}).items():  # a call computes t windows
+            timing["images_per_s"] = int(t) / timing["median"]
+            if "1" in tp:
+                timing["vs_1_thread"] = timing["images_per_s"] * tp["1"]["median"]
         train = entry.get("train")
         if train and "error" not in train and ref and ref.get("train") and "error" not in ref["train"]:
             train["time_vs_veloxseg"] = train["min"] / ref["train"]["min"]  # the fastest step: least disturbed

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from ..inference.graph import PREDICT_TRACE_AFTER
+from ..inference.graph import PREDICT_TRACE_AFTER, FrozenGraph
+from ..inference.streams import WindowStreams
 from ..runtime import tune_allocator
 from .measure import current_rss, num_windows, peak_rss, reset_peak_rss, sync
 from .models import build_model, training_loss
@@ -84,6 +85,8 @@ def volume(job: dict[str, Any]) -> dict[str, Any]:
     device = job["device"]
     # as `veloxseg predict` runs it: the TorchScript graph only once enough windows pay for tracing it
     model = build_model(job["model"], job["preset"], job["size"], trace_after=PREDICT_TRACE_AFTER).to(device)
+    if isinstance(model, FrozenGraph) and device == "cpu":  # and its windows spread over the threads
+        model = WindowStreams(model)
     gen = torch.Generator().manual_seed(0)
     image = torch.randn(1, *job["volume"], generator=gen)
     base = _peak_start(device)

@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("bench", help="speed, memory and size of VeloxSeg and the MONAI baselines on this machine",
                        description="Parameters, FLOPs, inference throughput (and its fraction of this machine's "
-                                   "measured ceiling), one training step and whole-volume prediction, for each "
-                                   "model, in one run. Prints markdown tables.")
+                                   "measured ceiling; with more than one thread also as many windows at once as "
+                                   "threads, one per thread), one training step and whole-volume prediction, for "
+                                   "each model, in one run. Prints markdown tables.")
     p.add_argument("--preset", default="autopet", choices=sorted(PRESETS), help="channels, classes and input size")
     p.add_argument("--models", type=_names, default=list(DEFAULT_MODELS),
                    help=f"comma-separated (default {','.join(DEFAULT_MODELS)}); ablation variant names work too")

@@ -38,17 +38,20 @@ class TorchEngine:
 
     With ``graph=True`` on a CPU the module runs as a :class:`~.graph.FrozenGraph`: eagerly for the
     first :data:`~.graph.PREDICT_TRACE_AFTER` calls of a window shape, then traced (about 1.5-2 s once)
-    and about 10-18 % faster per call.
+    and about 10-18 % faster per call; and a batch of windows is spread over the threads one window
+    per thread (:class:`~.streams.WindowStreams`), which on 2 threads gets 2.0x the windows of one
+    thread from the graph instead of 1.5-1.7x.
     """
 
     def __init__(self, module: nn.Module, device: str | torch.device = "cpu", graph: bool = False) -> None:
         self.device = torch.device(device)
         module = module.to(self.device).eval()
+        self.module: Callable[[torch.Tensor], torch.Tensor] = module
         if graph and self.device.type == "cpu":
             from .graph import PREDICT_TRACE_AFTER, FrozenGraph
+            from .streams import WindowStreams
 
-            module = FrozenGraph(module, trace_after=PREDICT_TRACE_AFTER)
-        self.module = module
+            self.module = WindowStreams(FrozenGraph(module, trace_after=PREDICT_TRACE_AFTER))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

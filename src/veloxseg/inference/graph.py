@@ -20,13 +20,15 @@ apply: gradients on, a non-CPU or non-float32 input, the fast kernels switched o
 straightforward path, FLOP counting) or while exporting. A batch smaller than the traced one
 (the last windows of a volume) is padded with zeros instead of tracing again. If tracing fails,
 or the graph disagrees with eager on the first window or on it mirrored, it warns once and stays
-eager.
+eager. It may be called from several threads at once (:mod:`.streams`); one of them traces a new
+shape while the others wait.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import threading
 import warnings
 
 import torch
@@ -39,7 +41,8 @@ log = logging.getLogger(__name__)
 #: the graph must reproduce eager logits to this absolute tolerance on the window it is traced on
 TOLERANCE = 1e-3
 #: network calls of one window shape that ``veloxseg predict`` runs eagerly before tracing: ~1.5-2 s of
-#: tracing over the ~6.5 ms a batch-2 call saves (autopet, 2 threads; docs/performance.md)
+#: tracing over the ~9 ms a window saves (autopet, 2 threads, a window per thread, each call one window:
+#: 2x400x400x300 in 4.5 s eagerly, 3.2 s traced; docs/performance.md)
 PREDICT_TRACE_AFTER = 200
 
 
@@ -64,6 +67,7 @@ class FrozenGraph(nn.Module):
         self.eval()
         self._graphs: dict[tuple, tuple[int, torch.jit.ScriptModule | None]] = {}
         self._calls: dict[tuple, int] = {}
+        self._lock = threading.Lock()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() or self.training or x.device.type != "cpu" or x.dtype != torch.float32 \
@@ -75,8 +79,11 @@ class FrozenGraph(nn.Module):
             calls = self._calls[key] = self._calls.get(key, 0) + 1
             if calls <= self.trace_after:
                 return self.module(x)
-            batch, graph = x.shape[0], self._build(x)
-            self._graphs[key] = (batch, graph)
+            with self._lock:  # callers on several threads (:mod:`.streams`): one traces, the others wait
+                batch, graph = self._graphs.get(key, (0, None))
+                if x.shape[0] > batch:
+                    batch, graph = x.shape[0], self._build(x)
+                    self._graphs[key] = (batch, graph)
         if graph is None:
             return self.module(x)
         n = x.shape[0]
