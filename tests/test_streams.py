@@ -10,6 +10,7 @@ from veloxseg.inference import streams
 from veloxseg.inference.engines import TorchEngine
 from veloxseg.inference.graph import FrozenGraph
 from veloxseg.inference.streams import WindowStreams
+from veloxseg.networks.layers import fast_paths, fast_paths_enabled
 
 
 @pytest.fixture
@@ -31,12 +32,14 @@ class Recorder:
 
     def __init__(self, fail_on: int | None = None) -> None:
         self.calls: list[tuple[int, int, int]] = []
+        self.fast: list[bool] = []
         self.fail_on = fail_on
         self.lock = threading.Lock()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with self.lock:
             self.calls.append((threading.get_ident(), torch.get_num_threads(), x.shape[0]))
+            self.fast.append(fast_paths_enabled())
         if self.fail_on is not None and float(x[0, 0]) == self.fail_on:
             raise ValueError("window broke")
         return x * 2
@@ -97,3 +100,30 @@ def test_openmp_threads_can_be_released_where_pytorch_runs_on_gnu_openmp():
         return
     assert release is not None and release() == 0
     assert torch.ones(1 << 20).sum().item() == 1 << 20  # OpenMP starts new threads as needed
+
+
+def test_switching_the_fast_kernels_off_on_one_thread_leaves_the_others_alone():
+    inside, done = threading.Event(), threading.Event()
+    seen = []
+
+    def straightforward() -> None:
+        with fast_paths(False):
+            seen.append(fast_paths_enabled())
+            inside.set()
+            done.wait(10)
+
+    worker = threading.Thread(target=straightforward)
+    worker.start()
+    assert inside.wait(10)
+    assert seen == [False] and fast_paths_enabled()  # (was one process-wide switch: the bench's
+    done.set()  # straightforward row, run on two threads, left the fast kernels off for every model after it)
+    worker.join()
+    assert fast_paths_enabled()
+
+
+def test_the_callers_fast_kernel_setting_reaches_every_window(two_threads):
+    engine = Recorder()
+    with fast_paths(False):
+        WindowStreams(engine)(torch.zeros(2, 1))
+    WindowStreams(engine)(torch.zeros(2, 1))
+    assert engine.fast == [False, False, True, True]

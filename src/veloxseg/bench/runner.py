@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..inference.streams import WindowStreams
 from ..presets import get_preset
 from ..runtime import tune_allocator
 from ..summary import count_flops, count_parameters
 from .measure import ceilings, num_windows, time_repeated
-from ..inference.streams import WindowStreams
 from .models import DEFAULT_MODELS, build_model, check_models
 
 PARTS: tuple[str, ...] = ("ceiling", "throughput", "train", "volume")

@@ -15,7 +15,7 @@ lock for milliseconds each, and two eager streams run about as fast as one windo
 After a parallel region OpenMP's idle threads spin for up to a few milliseconds, waiting for the
 next region, and take a core from a stream. The calling thread releases its idle OpenMP threads
 (:func:`openmp_release`) before the streams start; where that is not possible (another OpenMP
-runtime than the GNU one PyTorch's Linux wheels load) the streams still run, a little slower.
+runtime than the GNU one PyTorch's Linux wheels load) the streams still run (not measured there).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
+
+from ..networks.layers import fast_paths, fast_paths_enabled
 
 _OMP_PAUSE_SOFT = 1
 
@@ -56,11 +58,12 @@ def openmp_release() -> Callable[[], int] | None:
 
 
 def _on_threads(engine: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, threads: int,
-                inference: bool) -> torch.Tensor:
-    """``engine(x)`` on this worker thread with ``threads`` intra-op threads and gradients off."""
+                inference: bool, fast: bool) -> torch.Tensor:
+    """``engine(x)`` on this worker thread with ``threads`` intra-op threads, gradients off and the
+    caller's inference mode and fast-kernel setting (both are per thread)."""
     if torch.get_num_threads() != threads:  # (reading it first settles this thread's lazy OpenMP set-up)
         torch.set_num_threads(threads)
-    with torch.inference_mode(inference), torch.no_grad():
+    with torch.inference_mode(inference), torch.no_grad(), fast_paths(fast):
         return engine(x)
 
 
@@ -95,7 +98,7 @@ class WindowStreams:
                     self._pool.shutdown()
                 self._workers = len(parts) - 1
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="veloxseg-window")
-            inference = torch.is_inference_mode_enabled()
+            inference, fast = torch.is_inference_mode_enabled(), fast_paths_enabled()
             torch.set_num_threads(per)
             release = openmp_release()
             if release is not None:
@@ -104,7 +107,8 @@ class WindowStreams:
             try:
                 pool = self._pool
                 assert pool is not None
-                pending = [pool.submit(_on_threads, self.engine, part, per, inference) for part in parts[1:]]
+                pending = [pool.submit(_on_threads, self.engine, part, per, inference, fast)
+                           for part in parts[1:]]
                 outputs = [self.engine(parts[0])] + [p.result() for p in pending]
             finally:
                 for p in pending:  # on a failure: the workers finish before the thread count is restored

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import threading
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -31,42 +32,45 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-_FAST = True
+class _Switches(threading.local):
+    """Per thread, like PyTorch's grad mode: a block on one thread does not switch another's kernels."""
+
+    fast = True  # fast_paths
+    trace_fast = False  # tracing_fast_kernels
+
+
+_STATE = _Switches()
 
 
 @contextlib.contextmanager
 def fast_paths(enabled: bool) -> Iterator[None]:
-    """Enable or disable the fast CPU kernels of :class:`Conv3d` and :class:`InstanceNorm3d` in a block."""
-    global _FAST
-    previous, _FAST = _FAST, enabled
+    """Enable or disable the fast CPU kernels of :class:`Conv3d` and :class:`InstanceNorm3d` in a block
+    (on the calling thread)."""
+    previous, _STATE.fast = _STATE.fast, enabled
     try:
         yield
     finally:
-        _FAST = previous
+        _STATE.fast = previous
 
 
 def fast_paths_enabled() -> bool:
     """Whether the fast CPU kernels are on (see :func:`fast_paths`)."""
-    return _FAST and not _exporting()
-
-
-_TRACE_FAST = False
+    return _STATE.fast and not _exporting()
 
 
 @contextlib.contextmanager
 def tracing_fast_kernels() -> Iterator[None]:
     """Keep the fast CPU kernels while ``torch.jit.trace`` records (a CPU-only graph, see
     :mod:`veloxseg.inference.graph`); other tracing, ONNX export and compiling use the default ops."""
-    global _TRACE_FAST
-    previous, _TRACE_FAST = _TRACE_FAST, True
+    previous, _STATE.trace_fast = _STATE.trace_fast, True
     try:
         yield
     finally:
-        _TRACE_FAST = previous
+        _STATE.trace_fast = previous
 
 
 def _exporting() -> bool:
-    return (torch.jit.is_tracing() and not _TRACE_FAST) or torch.jit.is_scripting() \
+    return (torch.jit.is_tracing() and not _STATE.trace_fast) or torch.jit.is_scripting() \
         or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
@@ -203,7 +207,7 @@ def conv1x1_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 def _fast_kernels_apply(x: torch.Tensor) -> bool:
     """Whether :meth:`Conv3d.conv` takes its fast CPU kernels for ``x`` (CPU float32, fast paths on)."""
-    return _FAST and x.device.type == "cpu" and x.dtype == torch.float32 and not _exporting()
+    return _STATE.fast and x.device.type == "cpu" and x.dtype == torch.float32 and not _exporting()
 
 
 def _gemm_1x1(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],
@@ -328,7 +332,7 @@ class InstanceNorm3d(nn.InstanceNorm3d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _FAST and not _exporting():
+        if _STATE.fast and not _exporting():
             return torch.group_norm(x, x.shape[1], None, None, self.eps, False)
         if x.shape[2] * x.shape[3] * x.shape[4] == 1:
             return x - x
