@@ -11,8 +11,9 @@ docs/performance.md) after a one-off cost of about 1.5-2 s per window shape.
 
 When to pay that second is a ski-rental decision: ``veloxseg predict`` runs eagerly until a window
 shape has had :data:`PREDICT_TRACE_AFTER` network calls (by then eager has spent about what tracing
-costs in excess time), then traces. A single volume of a few hundred windows never traces; a cohort
-does after its first few cases, and never spends more than about twice the best choice in hindsight.
+costs in excess time), then traces. With windows spread one per thread (:mod:`.streams`) a call is one
+window, so a volume of up to 200 windows (144 for 2x400x400x300 at 96^3) never traces; a cohort
+does after its first cases, and never spends more than about twice the best choice in hindsight.
 The benchmarks trace at once (``trace_after=0``) to time the graph.
 
 :class:`FrozenGraph` wraps any eval-mode module. It runs eagerly whenever the graph does not
