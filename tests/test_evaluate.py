@@ -59,16 +59,20 @@ def test_cli_writes_csv_json_and_summary_skips_undefined(tmp_path, capsys):
     _save(pred / "c.nii.gz", _cube(lo=(5, 4, 4)))
     _save(ref / "unpredicted.nii.gz", _cube())
     out_json = tmp_path / "eval.json"
-    assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--labels", "1", "--json", str(out_json),
-                 "--quiet"]) == 0
+    args = ["evaluate", "--pred", str(pred), "--ref", str(ref), "--labels", "1", "--json", str(out_json), "--quiet"]
+    assert main(args) == 1  # a reference without a prediction is an error by default, naming it
+    err = capsys.readouterr().err
+    assert "unpredicted" in err and "--allow-missing" in err and len(err.strip().splitlines()) == 1
+    assert not out_json.exists()
+    assert main([*args, "--allow-missing"]) == 0  # ... or counted as an empty prediction (Dice 0)
     rows = list(csv.DictReader(open(pred / "evaluation.csv")))
-    assert [r["case"] for r in rows] == ["a", "b", "c"]
-    assert rows[1]["dice"] == "nan"
+    assert [r["case"] for r in rows] == ["a", "b", "c", "unpredicted"]
+    assert rows[1]["dice"] == "nan" and float(rows[3]["dice"]) == 0.0
     info = json.loads(out_json.read_text())
     dice = info["summary"]["per_label"]["1"]["dice"]
-    assert dice["n"] == 2 and dice["mean"] == pytest.approx((1 + 0.75) / 2)
+    assert dice["n"] == 3 and dice["mean"] == pytest.approx((1 + 0.75 + 0) / 3)
     assert info["references_without_prediction"] == ["unpredicted"]
-    assert "3 case(s) scored" in capsys.readouterr().out
+    assert "4 case(s) scored" in capsys.readouterr().out
 
 
 def test_labels_default_to_those_found(tmp_path):

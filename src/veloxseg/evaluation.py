@@ -161,13 +161,14 @@ def _labels_from_dataset_json(ref_dir: Path) -> list[int] | None:
 
 def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, labels: Sequence[int] | None = None,
                      csv_path: str | os.PathLike | None = None, json_path: str | os.PathLike | None = None,
-                     progress: bool = False) -> Evaluation:
+                     progress: bool = False, allow_missing: bool = False) -> Evaluation:
     """Score every prediction in ``pred_dir`` against the same-named reference in ``ref_dir``.
 
     ``labels`` default to the non-zero labels of a ``dataset.json`` beside the references, else to
     every non-zero label found in the references. A prediction without a reference, or on a
-    different grid (shape or affine) from its reference, is an :class:`InputError`. References
-    without a prediction are reported, not scored.
+    different grid (shape or affine) from its reference, is an :class:`InputError`. So are
+    references without a prediction, unless ``allow_missing``: then each is scored as an empty
+    prediction (Dice 0 for every class present in the reference, as challenges count a missing case).
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     preds, refs = list_label_files(pred_dir), list_label_files(ref_dir)
@@ -178,9 +179,13 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
         raise InputError(f"{preds[missing[0]]}: no reference {missing[0]}.nii.gz in {ref_dir}"
                          + (f" (and {len(missing) - 1} more predictions without one)" if len(missing) > 1 else ""))
     unmatched = [case for case in refs if case not in preds]
+    if unmatched and not allow_missing:
+        raise InputError(f"{pred_dir}: {len(unmatched)} reference(s) of {ref_dir} have no prediction: "
+                         + ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")
+                         + "; predict them, or pass --allow-missing to score them as empty (Dice 0)")
     if unmatched:
-        log.warning("%d reference(s) in %s have no prediction and are not scored: %s", len(unmatched), ref_dir,
-                    ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else ""))
+        log.warning("%d reference(s) in %s have no prediction and are scored as empty (Dice 0): %s",
+                    len(unmatched), ref_dir, ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else ""))
     if labels is None:
         labels = _labels_from_dataset_json(ref_dir)
     if labels is None:
@@ -205,6 +210,9 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
             raise InputError(f"{preds[case]}: affine differs from the reference's ({refs[case]}); "
                              f"predictions must be on the reference's grid")
         scores.extend(score_case(pred, ref, labels, spacing, case))
+    for case in unmatched:  # only with allow_missing
+        ref, _, spacing = _load_label(refs[case])
+        scores.extend(score_case(np.zeros_like(ref), ref, labels, spacing, case))
     result = Evaluation(scores, summarize(scores, labels), unmatched)
     if csv_path is not None:
         write_csv(scores, csv_path)

@@ -122,11 +122,32 @@ def export_module(model: nn.Module, fmt: str, output: str | os.PathLike, in_chan
     return ExportResult(output, side, diff, agreement)
 
 
+def check_export_target(source: str | os.PathLike, output: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse an output that is the source checkpoint (or its sidecar would be), or any file that is not
+    an earlier veloxseg export, unless ``overwrite``; the source is never replaced."""
+    src, out = Path(source), Path(output)
+    for t in (out, sidecar_path(out)):
+        if t.absolute() == src.absolute() or (t.exists() and src.exists() and t.resolve() == src.resolve()):
+            raise InputError(f"{out}: would replace the checkpoint being exported ({src}); choose another output name")
+    existing = [t for t in (out, sidecar_path(out)) if t.exists() or t.is_symlink()]
+    if existing and not overwrite and not _is_our_export(out):
+        raise InputError(f"{existing[0]}: exists and is not a veloxseg export; choose another name or pass --overwrite")
+
+
+def _is_our_export(path: Path) -> bool:
+    try:
+        meta = json.loads(sidecar_path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT and meta.get("model_file") == path.name
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, fmt: str, output: str | os.PathLike,
-                      opset: int = ONNX_OPSET) -> ExportResult:
+                      opset: int = ONNX_OPSET, overwrite: bool = False) -> ExportResult:
     """Export the deployable network of a veloxseg training checkpoint, with its sidecar."""
     from .checkpoint import build_model, load_checkpoint
 
+    check_export_target(checkpoint, output, overwrite)
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     model = build_model(ckpt, deploy=True).cpu().eval()
     kwargs = ckpt["model_kwargs"]

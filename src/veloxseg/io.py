@@ -5,6 +5,7 @@ Public functions:
 * :func:`read_header` -- shape, affine and spacing of a NIfTI file without loading its voxels.
 * :func:`read_nifti` -- voxels (``float32`` by default) and affine, checked to be finite.
 * :func:`check_same_grid` -- shapes/affines of several files agree (a case's channels and label).
+* :func:`read_json_object` -- a JSON object from a file, or an :class:`InputError` naming it.
 * :func:`write_nifti` -- atomic write: a temporary name in the same folder, then ``os.replace``.
 """
 
@@ -100,6 +101,19 @@ def check_same_grid(headers: list[Header], tolerance: float = AFFINE_TOLERANCE) 
             diff = float(np.abs(h.affine - ref.affine).max())
             problems.append(f"{h.path}: affine differs from {ref.path.name} (max difference {diff:.4g})")
     return problems
+
+
+def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:
+    """The JSON object in ``path``; an :class:`InputError` naming the file when it is unreadable or not an object."""
+    import json
+
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not a readable {what} ({err})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: not a {what} (expected a JSON object)")
+    return meta
 
 
 def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray,

@@ -3,13 +3,15 @@
 Each module named in :data:`COMMANDS` exposes ``register(subparsers)``, which adds its parser and
 sets ``func`` to a callable ``(args) -> exit code``. Errors meant for the user are raised as
 :class:`veloxseg.errors.VeloxSegError` (or ``ValueError``/``FileNotFoundError``) and printed as one
-line, with exit code 1.
+line, with exit code 1. SIGTERM is handled like Ctrl-C (:class:`Terminated`): finished work stays,
+temporary files are removed, and the exit status is 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +28,7 @@ COMMANDS: tuple[str, ...] = (
     "evaluate",
     "export",
     "bench",
+    "checkpoint",
 )
 
 
@@ -40,10 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every ``finally`` and temporary-file clean-up runs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``veloxseg`` command; returns the exit code."""
     from ..errors import VeloxSegError
 
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (e.g. called from a worker thread): leave signals alone
+        pass
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -55,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         one_line = " ".join(str(err).split())  # library messages (e.g. nibabel's) may span lines
         print(f"veloxseg {args.command}: error: {one_line}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"veloxseg {args.command}: terminated (SIGTERM); finished outputs kept, temporary files removed",
+              file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"veloxseg {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -43,6 +43,9 @@ def free_cores() -> int:
     return max(1, min(cores, cores - int(load + 0.5)))
 
 
+DEMO_MARKER = ".veloxseg-demo"
+
+
 def run(args: argparse.Namespace) -> int:
     """Generate, train, predict, score; print the Dice and where everything is."""
     import numpy as np
@@ -59,7 +62,14 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or free_cores()
     out = Path(args.output)
     data = out / "Dataset900_DemoPETCT"
-    for sub in (data, out / "run", out / "predictions"):  # the demo's own folders: start afresh
+    subs = [data, out / "run", out / "predictions"]
+    marker = out / DEMO_MARKER  # the demo deletes only folders it wrote itself (they sit beside its marker)
+    if any(s.exists() for s in subs) and not marker.is_file():
+        first = next(s for s in subs if s.exists())
+        raise InputError(f"{first}: exists and was not written by veloxseg demo; choose another --output")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("folders written by veloxseg demo; a new demo run replaces them\n")
+    for sub in subs:  # the demo's own folders: start afresh
         if sub.exists():
             shutil.rmtree(sub)
     print(f"[1/3] writing {args.cases} training + {args.test_cases} test phantoms to {data}", flush=True)

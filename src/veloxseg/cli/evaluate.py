@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="labels to score (default: dataset.json beside the references, else all found)")
     p.add_argument("--csv", type=Path, default=None, help="per-case CSV (default: PRED/evaluation.csv)")
     p.add_argument("--json", type=Path, default=None, help="also write the summary and scores as JSON")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score references without a prediction as empty predictions (Dice 0) instead of failing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     csv_path = args.csv if args.csv is not None else args.pred / "evaluation.csv"
     result = evaluate_folders(args.pred, args.ref, args.labels, csv_path=csv_path, json_path=args.json,
-                              progress=not args.quiet)
+                              progress=not args.quiet, allow_missing=args.allow_missing)
     s = result.summary
     print(f"{s['cases']} case(s) scored; per-case scores in {csv_path}")
     print(f"{'label':>6} {'Dice mean':>10} {'median':>8} {'n':>4} {'HD95 mm mean':>13} {'median':>8} {'n':>4}")
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
               f"{_f(h['mean'], 2):>13} {_f(h['median'], 2):>8} {h['n']:>4}")
     print(f"mean over labels: Dice {_f(s['mean_dice'])}, HD95 {_f(s['mean_hd95_mm'], 2)} mm")
     if result.unmatched_references:
-        print(f"{len(result.unmatched_references)} reference(s) without a prediction were not scored")
+        print(f"{len(result.unmatched_references)} reference(s) without a prediction were scored as empty "
+              f"(--allow-missing)")
     if args.json is not None:
         print(f"JSON written to {args.json}")
     return 0

@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     p.add_argument("-o", "--output", required=True, type=Path, help="model file to write (e.g. model.onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing file that is not an earlier veloxseg export (never the checkpoint itself)")
     p.set_defaults(func=run)
 
 
@@ -23,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     """Export ``args.model`` to ``args.output``."""
     from ..export import export_checkpoint
 
-    result = export_checkpoint(args.model, args.format, args.output, args.opset)
+    result = export_checkpoint(args.model, args.format, args.output, args.opset, overwrite=args.overwrite)
     print(f"wrote {result.model_path} ({args.format}) and {result.sidecar_path}")
     print(f"check against PyTorch: max |logit difference| {result.max_abs_logit_diff:.2e}, "
           f"argmax agreement {result.argmax_agreement:.4%}")

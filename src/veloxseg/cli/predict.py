@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
+
+from .args import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,11 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--input", required=True, nargs="+",
                    help="folder of <case>_<XXXX>.nii.gz files, or one case: one file per channel, training order")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the network (default: all)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="cpu, cuda or auto (cuda when available) (default: cpu)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for the network (default: all)")
     p.add_argument("--overlap", type=float, default=0.25,
                    help="sliding-window overlap in [0, 1) (default: 0.25, the paper's; nnU-Net uses 0.5)")
-    p.add_argument("--sw-batch-size", type=int, default=2, help="windows per network call (default: 2)")
+    p.add_argument("--sw-batch-size", type=positive_int, default=2, help="windows per network call (default: 2)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (8 flips; 8x slower)")
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <case>.npz with float16 class probabilities on the input grid")
@@ -34,7 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "onnxruntime (a checkpoint is exported in memory) (default: torch)")
     p.add_argument("--num-parts", type=int, default=1, help="split the cases into this many parts (nnU-Net)")
     p.add_argument("--part-id", type=int, default=0, help="which part this process predicts (0-based)")
-    p.add_argument("--continue", dest="resume", action="store_true", help="skip cases whose outputs exist")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="skip cases whose outputs this command wrote earlier and are complete and readable")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files in OUTPUT_DIR that veloxseg predict did not write (by default it refuses)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
 
@@ -50,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
     predictor = Predictor.from_checkpoint(args.model, device=args.device, engine=args.engine, threads=args.threads,
                                           overlap=args.overlap, tta=args.tta, sw_batch_size=args.sw_batch_size,
-                                          window_progress=not args.quiet)
+                                          window_progress=not args.quiet, tune_memory=True)
     cases = resolve_input(args.input, predictor.model.channel_names)
     mine = select_part(cases, args.num_parts, args.part_id)
     if not args.quiet:
@@ -58,8 +65,13 @@ def run(args: argparse.Namespace) -> int:
         part = f" (part {args.part_id} of {args.num_parts})" if args.num_parts > 1 else ""
         print(f"{len(cases)} case(s) found, {len(mine)} in this run{part}")
     summary = predict_cases(predictor, mine, args.output, args.save_probabilities, args.preview, args.resume,
-                            progress=not args.quiet)
+                            progress=not args.quiet, overwrite=args.overwrite)
     if not args.quiet:
         for line in summary.lines():
             print(line)
+    if summary.failed:
+        failed = "; ".join(f"{k}: {v}" for k, v in summary.failed.items())
+        done = f"; the other {len(summary.predicted)} were written" if summary.predicted else ""
+        print(f"veloxseg predict: error: {len(summary.failed)} case(s) failed{done}: {failed}", file=sys.stderr)
+        return 1
     return 0

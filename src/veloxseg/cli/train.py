@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
+
+from .args import fraction, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,28 +21,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "with Dice+CE")
     p.add_argument("--variant", help="an ablation variant of VeloxSeg (veloxseg summary --list-variants)")
     p.add_argument("--preset", help="reference configuration: network, spacing and patch size (autopet, hecktor, brats)")
-    p.add_argument("--epochs", type=int, help="epochs (default 300); each epoch passes over every training case once")
+    p.add_argument("--epochs", type=positive_int, help="epochs (default 300); each epoch passes over every training case once")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("D", "H", "W"),
                    help="training patch, multiples of 32 (default: from the dataset fingerprint)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="target spacing in mm, RAS order (default: from the dataset fingerprint)")
-    p.add_argument("--batch-size", type=int, help="volumes per step, each giving 2 crops (default 2)")
+    p.add_argument("--batch-size", type=positive_int, help="volumes per step, each giving 2 crops (default 2)")
     split = p.add_mutually_exclusive_group()
     split.add_argument("--fold", type=int, help="5-fold cross-validation fold 0-4 (-1: train on all cases)")
-    split.add_argument("--val-fraction", type=float, help="fraction of cases held out for validation (default 0.2)")
-    p.add_argument("--iterations", type=int,
+    split.add_argument("--val-fraction", type=fraction, help="fraction of cases held out for validation (default 0.2)")
+    p.add_argument("--iterations", type=positive_int,
                    help="optimizer steps per epoch (default: one pass over the training cases; "
                         "raise it for datasets with few cases)")
-    p.add_argument("--num-folds", type=int, help="folds of the cross-validation --fold picks from (default 5)")
-    p.add_argument("--val-every", type=int, help="validate every N epochs (default 5)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 2.5e-4)")
+    p.add_argument("--num-folds", type=positive_int, help="folds of the cross-validation --fold picks from (default 5)")
+    p.add_argument("--val-every", type=positive_int, help="validate every N epochs (default 5)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default 2.5e-4)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint_last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in RUN_DIR even though it holds another run's files (they are replaced)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
-    p.add_argument("--threads", type=int, help="CPU threads per process")
+    p.add_argument("--threads", type=positive_int, help="CPU threads per process")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--cache", choices=("memory", "disk", "none"), help="where preprocessed cases are kept (default memory)")
     p.add_argument("--workers", type=int, dest="num_workers", help="data-loader worker processes (default 0)")
-    p.add_argument("--max-minutes", "--time-budget", type=float, dest="max_minutes", metavar="MINUTES",
+    p.add_argument("--max-minutes", "--time-budget", type=positive_float, dest="max_minutes", metavar="MINUTES",
                    help="wall-clock training budget: the epochs and the cosine schedule are fitted to it "
                         "(recorded with the epochs reached and the hardware in RUN_DIR/run_info.json)")
     p.add_argument("--budget-clock", choices=("wall", "cpu"),
@@ -59,6 +62,7 @@ OVERRIDABLE = ("model", "variant", "num_folds", "budget_clock", "preset", "epoch
 def build_config(args: argparse.Namespace) -> Any:
     """A :class:`TrainConfig` from the arguments; with ``--resume`` the run's saved config fills the rest."""
     from ..errors import InputError
+    from ..io import read_json_object
     from ..training import TrainConfig
 
     base: dict[str, Any] = {"dataset": args.dataset, "output": args.output}
@@ -66,7 +70,7 @@ def build_config(args: argparse.Namespace) -> Any:
     if args.resume:
         if not saved.is_file():
             raise InputError(f"{saved}: not found; --resume needs a run folder written by veloxseg train")
-        base = {**json.loads(saved.read_text()), **base}
+        base = {**read_json_object(saved, "run configuration"), **base}
     for key in OVERRIDABLE:
         value = getattr(args, key, None)
         if value is not None:
@@ -76,10 +80,13 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Train; print the best validation Dice and where the checkpoints are."""
+    from ..errors import InputError
     from ..training import ModelTrainer
 
     config = build_config(args)
-    trainer = ModelTrainer(config, resume=args.resume)
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite contradict each other: choose one")
+    trainer = ModelTrainer(config, resume=args.resume, overwrite=args.overwrite)
     try:
         summary = trainer.run_training()
     finally:

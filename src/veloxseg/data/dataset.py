@@ -6,7 +6,6 @@ training starts and raises one :class:`InputError` listing every problem, each n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io import check_same_grid, read_header, read_nifti
+from ..io import check_same_grid, read_header, read_json_object, read_nifti
 
 
 @dataclass(frozen=True)
@@ -50,13 +49,7 @@ class Dataset:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: file not found (an nnU-Net v2 dataset folder needs dataset.json)")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(meta, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return meta
+    return read_json_object(path, "dataset.json")
 
 
 def load_dataset(root: str | Path) -> Dataset:
@@ -133,6 +126,10 @@ def validate_dataset(root: str | Path, check_voxels: bool = True) -> Dataset:
                 problems.append(f"{img}: no label file {root / 'labelsTr' / (case + ds.file_ending)}")
             elif int(chan) >= len(ds.channel_names):
                 problems.append(f"{img}: channel {int(chan)} is not in channel_names (0..{len(ds.channel_names) - 1})")
+            for other in (".nii", ".nii.gz"):
+                twin = img.with_name(stem + other)
+                if other != ds.file_ending and twin.exists():
+                    problems.append(f"{img} and {twin.name}: two files for one channel; keep one")
     allowed = set(ds.labels.values())
     for case in ds.cases:
         headers = []

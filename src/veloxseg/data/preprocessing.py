@@ -75,7 +75,16 @@ class ForegroundMask:
             mask = img[self.ct_channels] > self.ct_threshold
         else:
             mask = img != 0
-        return mask.any(0, keepdim=True) if isinstance(mask, torch.Tensor) else mask.any(0, keepdims=True)
+        mask = mask.any(0, keepdim=True) if isinstance(mask, torch.Tensor) else mask.any(0, keepdims=True)
+        if not mask.any():  # no body (e.g. a CT of air only): keep the whole extent rather than nothing
+            mask = mask | True
+        return mask
+
+    def is_empty(self, img: Any) -> bool:
+        """True when ``img`` has no foreground, so the crop keeps the whole volume."""
+        if self.ct_channels:
+            return not bool((img[self.ct_channels] > self.ct_threshold).any())
+        return not bool((img != 0).any())
 
 
 def foreground_mask(plan: Mapping[str, Any]) -> ForegroundMask:

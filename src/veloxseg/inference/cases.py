@@ -53,7 +53,11 @@ def cases_from_folder(folder: str | os.PathLike, channel_names: Sequence[str]) -
         m = CHANNEL_FILE.match(p.name)
         if not m:
             raise InputError(f"{p}: not named <case>_<channel>.nii.gz (e.g. {_strip_suffix(p.name)}_0000.nii.gz)")
-        found.setdefault(m["case"], {})[int(m["channel"])] = p
+        chans = found.setdefault(m["case"], {})
+        if int(m["channel"]) in chans:
+            raise InputError(f"{chans[int(m['channel'])]} and {p.name}: two files for one channel of case "
+                             f"{m['case']}; keep one")
+        chans[int(m["channel"])] = p
     if not found:
         raise InputError(f"{folder}: no input files <case>_0000.nii.gz found")
     n = len(channel_names)

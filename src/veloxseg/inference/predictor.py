@@ -106,16 +106,26 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu", engine: str = "torch",
-                        threads: int | None = None, **kwargs: Any) -> Predictor:
-        """Load ``path`` (a checkpoint, or a model from ``veloxseg export``); ``kwargs`` go to the constructor."""
-        device = torch.device(device)
+                        threads: int | None = None, tune_memory: bool = False, **kwargs: Any) -> Predictor:
+        """Load ``path`` (a checkpoint, or a model from ``veloxseg export``); ``kwargs`` go to the constructor.
+
+        ``threads`` sets torch's thread count; ``tune_memory`` sets glibc's allocator thresholds for the
+        whole process (:func:`veloxseg.runtime.tune_allocator`, what the CLI does). Neither is
+        changed unless asked.
+        """
+        if str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            device = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device must be cpu, cuda or auto, got {device!r}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
         if device.type == "cuda" and engine == "onnxruntime":
             raise ValueError("--engine onnxruntime runs on the CPU here; use --device cpu, or --engine torch on cuda")
         if threads:
             torch.set_num_threads(int(threads))
-        if device.type == "cpu":
+        if device.type == "cpu" and tune_memory:
             tune_allocator()
         return cls(load_model(path, engine, device, threads), device=device, **kwargs)
 
@@ -133,9 +143,14 @@ class Predictor:
             self._transform = Compose([t for t in chain if not isinstance(t, (LoadImaged, EnsureChannelFirstd))])
         return self._transform
 
-    def _preprocess(self, image: np.ndarray, affine: np.ndarray):
+    def _preprocess(self, image: np.ndarray, affine: np.ndarray, name: str = "array"):
         from monai.data import MetaTensor
 
+        from ..data.preprocessing import foreground_mask
+
+        if self.model.plan.get("crop_foreground", True) and foreground_mask(self.model.plan).is_empty(image):
+            log.warning("%s: no body found (nothing above the foreground threshold); predicting the whole volume",
+                        name)
         tensor = MetaTensor(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
                             affine=torch.as_tensor(np.asarray(affine, dtype=np.float64)))
         return self.transform({"image": tensor})["image"]
@@ -228,7 +243,7 @@ class Predictor:
         affine = np.asarray(affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
             raise InputError(f"{name}: the affine must be a finite 4x4 matrix, got shape {affine.shape}")
-        pre = self._preprocess(image, affine)
+        pre = self._preprocess(image, affine, name)
         probs, padded = self._probabilities(pre, name)
         labels, stack = self._to_input_grid(probs, pre, keep_probabilities)
         if labels.shape != image.shape[1:]:  # cannot happen unless the preprocessing is not invertible

@@ -85,9 +85,9 @@ def hardware_info() -> dict[str, Any]:
 class ModelTrainer(Trainer):
     """:class:`Trainer` for ``config.model`` / ``config.variant`` (see the module docstring)."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False) -> None:
         check_model(config)
-        super().__init__(config, resume=resume)
+        super().__init__(config, resume=resume, overwrite=overwrite)
         self.model_name = (config.model or "veloxseg").lower()
         self.variant = config.variant.lower() if config.variant else None
 

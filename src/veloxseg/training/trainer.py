@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint as ckpt_io
-from ..errors import InputError
+from ..errors import InputError, VeloxSegError
 from ..runtime import tune_allocator
 from . import distributed as dist_utils
 from .logging import TensorBoardLogger, plot_curves, write_metrics_csv
@@ -92,20 +92,44 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch (and CUDA) RNG states."""
+    """Python, numpy and torch (and CUDA) RNG states as plain data (tuples, ints, tensors)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    return plain_rng_state(state)
+
+
+def plain_rng_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with numpy's legacy tuple turned into a dict of plain values and a tensor."""
+    out = dict(state)
+    npst = state.get("numpy")
+    if isinstance(npst, tuple):  # ('MT19937', uint32 keys, pos, has_gauss, cached_gaussian)
+        out["numpy"] = {"bit_generator": str(npst[0]), "key": torch.from_numpy(np.asarray(npst[1], dtype=np.int64)),
+                        "pos": int(npst[2]), "has_gauss": int(npst[3]), "gauss": float(npst[4])}
+    return out
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` returned."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    if isinstance(npst, dict):
+        npst = (npst["bit_generator"], np.asarray(npst["key"], dtype=np.int64).astype(np.uint32), npst["pos"],
+                npst["has_gauss"], npst["gauss"])
+    np.random.set_state(npst)
     torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TrainingDiverged(VeloxSegError):
+    """Non-finite loss or gradients: training stops; no non-finite weights are saved."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"training diverged: {what}; the last good weights are in checkpoint_best.pt / "
+                         f"checkpoint_last.pt if any were saved. Try a lower --lr (e.g. half), or check the "
+                         f"labels and intensities of the training cases")
 
 
 class RepeatDataset(torch.utils.data.Dataset):
@@ -127,9 +151,10 @@ class Trainer:
 
     model_name = "veloxseg"
 
-    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False) -> None:
         self.config = config
         self.resume = resume
+        self.overwrite = overwrite
         self.output = Path(config.output)
         self.device_kind = "cuda" if (config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())) else "cpu"
         self.rank, self.world_size, self.local_rank = dist_utils.init(self.device_kind)
@@ -139,6 +164,7 @@ class Trainer:
         self.is_main = self.rank == 0
         self.use_amp = bool(config.amp and self.device.type == "cuda")
         self.start_epoch = 0
+        self._epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_metric: float | None = None
         self.best_epoch: int | None = None
@@ -275,11 +301,13 @@ class Trainer:
         from ..data.plan import default_modalities
         from ..data.split import split_cases
 
+        # rank 0 decides before anything is written; the other ranks follow its verdict
+        problem = self.check_run_folder() if self.is_main else None
+        problem = dist_utils.broadcast_object(problem)
+        if problem:
+            raise InputError(problem)
         self.output.mkdir(parents=True, exist_ok=True)
         self.set_threads()
-        if not self.resume and (self.output / "checkpoint_last.pt").exists():
-            raise InputError(f"{self.output}: already holds a training run; pass --resume to continue it "
-                             f"or choose another --output")
         resume_ckpt = self.load_resume_checkpoint() if self.resume else None
         if resume_ckpt is not None:
             state = resume_ckpt["training_state"]
@@ -289,6 +317,7 @@ class Trainer:
             if list(self.dataset.channel_names) != list(resume_ckpt["channel_names"]):
                 raise InputError(f"{self.config.dataset}: channels {self.dataset.channel_names} differ from the "
                                  f"checkpoint's {resume_ckpt['channel_names']}")
+            self.check_same_cases(resume_ckpt)
         else:
             self.dataset, self.plan = self.build_plan()
             train, val = split_cases([c.name for c in self.dataset.cases], self.config.fold, self.config.val_fraction,
@@ -320,6 +349,32 @@ class Trainer:
             self.tb = TensorBoardLogger(self.output / "tensorboard")
         self.build_dataloaders()
         self.initialized = True
+
+    def check_run_folder(self) -> str | None:
+        """Why ``output`` may not be used (another run's files, without ``--resume``/``--overwrite``), or None."""
+        run_files = [n for n in ("checkpoint_last.pt", "checkpoint_best.pt", "config.json", "metrics.csv")
+                     if (self.output / n).exists()]
+        if self.output.exists() and not self.output.is_dir():
+            return f"{self.output}: exists and is not a folder"
+        if self.resume:
+            return None if (self.output / "checkpoint_last.pt").exists() else \
+                f"{self.output / 'checkpoint_last.pt'}: not found; nothing to --resume"
+        if run_files and not self.overwrite:
+            return (f"{self.output}: already holds a training run ({', '.join(run_files)}); pass --resume to "
+                    f"continue it, --overwrite to replace it, or choose another --output")
+        return None
+
+    def check_same_cases(self, ckpt: dict[str, Any]) -> None:
+        """A resumed run's dataset must hold the cases it was split into: an error naming the difference."""
+        split = ckpt["training_state"]["split"]
+        before = set(split["train"]) | set(split["val"])
+        now = {c.name for c in self.dataset.cases}
+        gone, new = sorted(before - now), sorted(now - before)
+        if gone or new:
+            parts = ([f"removed {', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''}"] if gone else []) + \
+                    ([f"added {', '.join(new[:5])}{' ...' if len(new) > 5 else ''}"] if new else [])
+            raise InputError(f"{self.config.dataset}: the dataset changed since the run started ({'; '.join(parts)}); "
+                             f"--resume continues the same cases: restore them, or start a new run")
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         """Load weights and the full training state of a "last" checkpoint."""
@@ -363,9 +418,13 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=self.use_amp):
             out = self.model(x)
             parts = self.loss_fn(out, y, x)
+        if not torch.isfinite(parts.total.detach()):
+            raise TrainingDiverged(f"the loss became {float(parts.total.detach())} at epoch {self._epoch + 1}")
         self.scaler.scale(parts.total).backward()
         self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
+        norm = nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
+        if not self.use_amp and not torch.isfinite(norm):  # with AMP the scaler skips such steps itself
+            raise TrainingDiverged(f"the gradients became non-finite at epoch {self._epoch + 1}")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {"train_loss": float(parts.total.detach()), "seg_loss": float(parts.segmentation),
@@ -373,6 +432,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """All steps of one epoch; losses averaged over steps and ranks."""
+        self._epoch = epoch
         self.on_epoch_start(epoch)
         sums: dict[str, float] = {}
         n = 0
