@@ -209,3 +209,21 @@ def test_demo_data_same_seed_same_bytes(tmp_path):
     assert hu.min() <= -1000 and hu.max() >= 900  # air and bone
     assert label.sum() > 20 and pet[label].mean() > 2.5 * np.median(pet[hu > -500])  # lesions are hot
     assert pet[~label].max() > np.percentile(pet[label], 25)  # hot physiological uptake that is not a lesion
+
+
+def test_resampling_runs_in_float32_so_its_inverse_does_too():
+    """Spacing in float64 made predict's map back to the input grid need ~2x the memory (benchmarks/predict_memory.py:
+    4.35 GB against 2.40 GB peak for a 2x480x480x320 case)."""
+    from monai.data import MetaTensor
+
+    from veloxseg.data.preprocessing import inference_transforms
+
+    plan = {"channel_names": ["CT"], "spacing": [2.0, 2.0, 2.0], "patch_size": [16, 16, 16],
+            "normalization": [{"scheme": "none"}], "crop_foreground": False}
+    chain = inference_transforms(plan).transforms
+    chain = [t for t in chain if type(t).__name__ not in ("LoadImaged", "EnsureChannelFirstd")]
+    from monai.transforms import Compose
+
+    out = Compose(chain)({"image": MetaTensor(torch.rand(1, 10, 12, 8), affine=torch.eye(4))})["image"]
+    resample = [op for op in out.applied_operations if op["class"] == "SpatialResample"]
+    assert resample and resample[0]["extra_info"]["dtype"] == "float32"

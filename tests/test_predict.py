@@ -230,11 +230,11 @@ def test_interrupted_run_keeps_finished_cases_and_continue_skips_them(tmp_path, 
     calls = {"n": 0}
     original = Predictor.predict_case
 
-    def interrupt_on_second(self, case, keep_probabilities=False):
+    def interrupt_on_second(self, case, keep_probabilities=False, keep_image=True):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return original(self, case, keep_probabilities)
+        return original(self, case, keep_probabilities, keep_image)
 
     monkeypatch.setattr(Predictor, "predict_case", interrupt_on_second)
     args = ["predict", "-m", exact_ckpt, "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out")]

@@ -150,7 +150,7 @@ def _base(plan: Mapping[str, Any], keys: Sequence[str]) -> list:
         chain.append(CropForegroundd(keys=list(keys), source_key="image", select_fn=foreground_mask(plan),
                                      margin=0, allow_smaller=True))
     chain += [
-        Spacingd(keys=list(keys), pixdim=tuple(float(s) for s in plan["spacing"]), mode=modes),
+        Spacingd(keys=list(keys), pixdim=tuple(float(s) for s in plan["spacing"]), mode=modes, dtype=torch.float32),
         NormalizeChannelsd(keys="image", normalization=plan["normalization"]),
         EnsureTyped(keys=list(keys), dtype=(torch.float32, torch.uint8)[: len(keys)], track_meta=True),
     ]

@@ -75,6 +75,13 @@ def label_image(labels: np.ndarray, affine: np.ndarray, reference: nib.Nifti1Ima
     return nib.Nifti1Image(labels, reference.affine, header)
 
 
+def needed_gb(shape: Sequence[int], classes: int) -> float:
+    """A rough memory need of predicting an input of spatial ``shape``: the input, its preprocessed copy,
+    the class probabilities and the map back, in float32."""
+    voxels = float(np.prod(shape))
+    return voxels * 4 * (3 + 2 * classes) / 1024 ** 3
+
+
 def flip_axes_sets(tta: bool) -> list[tuple[int, ...]]:
     """Spatial axes (of a ``(B, C, D, H, W)`` tensor) to flip: all 8 combinations with TTA, else none."""
     if not tta:
@@ -230,24 +237,39 @@ class Predictor:
         if image.shape[0] != self.model.num_channels:
             raise InputError(f"{name}: has {image.shape[0]} channel(s), the model takes {self.model.num_channels} "
                              f"({', '.join(self.model.channel_names)})")
-        bad = ~np.isfinite(image)
-        if bad.any():
-            raise InputError(f"{name}: {int(bad.sum())} voxels are NaN or infinite")
+        bad = sum(int((~np.isfinite(channel)).sum()) for channel in image)  # per channel: a small mask
+        if bad:
+            raise InputError(f"{name}: {bad} voxels are NaN or infinite")
         return image
 
     def predict_case_array(self, image: np.ndarray, affine: np.ndarray, name: str = "array",
                            keep_probabilities: bool = False) -> CasePrediction:
         """Predict a ``(C, x, y, z)`` image with its voxel-to-world ``affine``; labels on the same grid."""
+        return self._predict([self._check_array(image, name)], affine, name, keep_probabilities, keep_image=True)
+
+    def _predict(self, holder: list[np.ndarray], affine: np.ndarray, name: str, keep_probabilities: bool,
+                 keep_image: bool) -> CasePrediction:
+        """The pipeline on ``holder[0]``; without ``keep_image`` the holder is emptied once the image is
+        preprocessed, so the input's memory is freed before the windows run (if nothing else holds it)."""
         start = time.perf_counter()
-        image = self._check_array(image, name)
+        image = holder[0]
         affine = np.asarray(affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
             raise InputError(f"{name}: the affine must be a finite 4x4 matrix, got shape {affine.shape}")
-        pre = self._preprocess(image, affine, name)
-        probs, padded = self._probabilities(pre, name)
-        labels, stack = self._to_input_grid(probs, pre, keep_probabilities)
-        if labels.shape != image.shape[1:]:  # cannot happen unless the preprocessing is not invertible
-            raise RuntimeError(f"{name}: prediction shape {labels.shape} differs from the input {image.shape[1:]}")
+        shape = image.shape[1:]
+        try:
+            pre = self._preprocess(image, affine, name)
+            if not keep_image:
+                holder.clear()
+                image = None
+            probs, padded = self._probabilities(pre, name)
+            labels, stack = self._to_input_grid(probs, pre, keep_probabilities)
+        except MemoryError:
+            dims = "x".join(map(str, (self.model.num_channels, *shape)))
+            raise MemoryError(f"out of memory for {name}: a {dims} case needs roughly "
+                              f"{needed_gb(shape, len(self.model.labels) or 2):.1f} GB") from None
+        if labels.shape != shape:  # cannot happen unless the preprocessing is not invertible
+            raise RuntimeError(f"{name}: prediction shape {labels.shape} differs from the input {shape}")
         return CasePrediction(labels, affine, stack, image, None, padded, tuple(pre.shape[1:]),
                               time.perf_counter() - start)
 
@@ -256,28 +278,36 @@ class Predictor:
         return self.predict_case_array(array, affine).labels
 
     def read_case(self, case: Case) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
-        """The channels of ``case`` stacked ``(C, x, y, z)``, their affine, and channel 0's image (header)."""
+        """The channels of ``case`` stacked ``(C, x, y, z)``, their affine, and channel 0's image (header).
+
+        Channels are read one at a time into one preallocated array: the peak is the stacked
+        input plus one channel, not twice the input.
+        """
         from ..io import check_same_grid, read_header, read_nifti
 
         if len(case.channels) != self.model.num_channels:
             raise InputError(f"{case.channels[0]}: case {case.name} has {len(case.channels)} channel file(s), the "
                              f"model takes {self.model.num_channels} ({', '.join(self.model.channel_names)})")
-        problems = check_same_grid([read_header(p) for p in case.channels])
+        headers = [read_header(p) for p in case.channels]
+        problems = check_same_grid(headers)
         if problems:
             raise InputError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-        arrays, affine = [], None
-        for p in case.channels:
-            data, aff = read_nifti(p)
-            arrays.append(data)
-            affine = aff if affine is None else affine
+        stacked = np.empty((len(case.channels), *headers[0].shape), dtype=np.float32)
+        for c, p in enumerate(case.channels):
+            stacked[c], _ = read_nifti(p)
         reference = nib.load(str(case.channels[0]))
-        return np.stack(arrays), np.asarray(reference.affine, dtype=np.float64), reference
+        return stacked, np.asarray(reference.affine, dtype=np.float64), reference
 
-    def predict_case(self, case: Case, keep_probabilities: bool = False) -> CasePrediction:
-        """Predict one :class:`Case` read from its files; labels on channel 0's grid."""
+    def predict_case(self, case: Case, keep_probabilities: bool = False, keep_image: bool = True) -> CasePrediction:
+        """Predict one :class:`Case` read from its files; labels on channel 0's grid.
+
+        ``keep_image=False`` frees the input once it is preprocessed (``result.image`` is then None).
+        """
         start = time.perf_counter()
         image, affine, reference = self.read_case(case)
-        result = self.predict_case_array(image, affine, str(case.channels[0]), keep_probabilities)
+        holder = [self._check_array(image, str(case.channels[0]))]
+        del image
+        result = self._predict(holder, affine, str(case.channels[0]), keep_probabilities, keep_image)
         result.reference = reference
         result.seconds = time.perf_counter() - start
         return result

@@ -177,7 +177,7 @@ def save_case(result: CasePrediction, output_dir: Path, case: str, channel_names
 
 def _one_line(err: BaseException) -> str:
     if isinstance(err, MemoryError):
-        return "out of memory (try --sw-batch-size 1, fewer --threads, or a machine with more memory)"
+        return f"{str(err) or 'out of memory'} (try --sw-batch-size 1, or a machine with more memory)"
     text = " ".join(str(err).split()) or type(err).__name__
     return text if isinstance(err, InputError) else f"{type(err).__name__}: {text}"
 
@@ -216,7 +216,7 @@ def predict_cases(predictor: Predictor, cases: Sequence[Case], output_dir: str |
             bar.set_postfix_str(case.name)
             t0 = time.perf_counter()
             try:
-                result = predictor.predict_case(case, keep_probabilities=save_probabilities)
+                result = predictor.predict_case(case, keep_probabilities=save_probabilities, keep_image=preview)
                 save_case(result, out, case.name, predictor.model.channel_names, predictor.model.labels,
                           save_probabilities, preview, manifest)
             except Exception as err:  # one bad case never stops the cohort (KeyboardInterrupt does)
