@@ -48,8 +48,10 @@ REQUIRED_KEYS = ("format", "format_version", "model_name", "model_kwargs", "stat
 
 def _build_veloxseg(kwargs: dict[str, Any]) -> nn.Module:
     from .networks import VeloxSeg
+    from .networks.veloxseg import LEGACY_KWARGS
 
-    return VeloxSeg(**kwargs)
+    # an argument missing from model_kwargs: written before it existed, built as then (LEGACY_KWARGS)
+    return VeloxSeg(**{**LEGACY_KWARGS, **kwargs})
 
 
 def _build_baseline(kwargs: dict[str, Any]) -> nn.Module:
