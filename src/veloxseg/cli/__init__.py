@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "predict",
     "evaluate",
     "export",
+    "import_weights",
     "bench",
 )
 

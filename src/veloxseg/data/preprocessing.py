@@ -84,11 +84,27 @@ def foreground_mask(plan: Mapping[str, Any]) -> ForegroundMask:
     return ForegroundMask(ct, plan.get("ct_body_threshold", CT_BODY_THRESHOLD))
 
 
+def normalization_problem(normalization: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why a plan's normalisation cannot be applied (an unknown scheme, CT statistics missing), or None."""
+    for c, norm in enumerate(normalization):
+        scheme = norm.get("scheme")
+        if scheme not in ("ct", "zscore", "none"):
+            return f"channel {c}: unknown normalisation scheme {scheme!r}"
+        if scheme == "ct" and any(norm.get(k) is None for k in ("lower", "upper", "mean", "std")):
+            return (f"channel {c}: the CT normalisation statistics are unknown (a checkpoint imported from the "
+                    f"authors' code without them); import it again with --ct-statistics MEAN STD P0.5 P99.5 "
+                    f"or --ct-statistics-from DATASET")
+    return None
+
+
 def normalize_array(image: torch.Tensor | np.ndarray, normalization: Sequence[Mapping[str, Any]]) -> torch.Tensor:
     """Normalise a ``(C, ...)`` image channel by channel with the plan's schemes."""
     img = torch.as_tensor(image, dtype=torch.float32).clone()
     if img.shape[0] != len(normalization):
         raise ValueError(f"image has {img.shape[0]} channels, the plan normalises {len(normalization)}")
+    problem = normalization_problem(normalization)
+    if problem is not None:
+        raise ValueError(problem)
     for c, norm in enumerate(normalization):
         scheme = norm["scheme"]
         x = img[c]
