@@ -30,12 +30,13 @@ from ..errors import InputError
 from ..runtime import tune_allocator
 from . import distributed as dist_utils
 from .logging import TensorBoardLogger, plot_curves, write_metrics_csv
-from .schedule import WarmupCosine, build_scheduler, default_warmup
+from .recipes import Recipe, get_recipe
+from .schedule import WarmupCosine, default_warmup
 
 
 @dataclass
 class TrainConfig:
-    """Everything ``veloxseg train`` accepts; the defaults are the paper's recipe."""
+    """Everything ``veloxseg train`` accepts; the defaults are veloxseg's recipe (docs/training.md)."""
 
     dataset: str
     output: str
@@ -70,6 +71,8 @@ class TrainConfig:
     variant: str | None = None  # an ablation variant of VeloxSeg (veloxseg.variants.VARIANTS)
     num_folds: int = 5  # folds of the k-fold split that ``fold`` picks from
     budget_clock: str = "wall"  # max_minutes of wall-clock time, or "cpu": of this process's CPU time (ModelTrainer)
+    recipe: str = "default"  # schedule, augmentation, clipping, precision: veloxseg.training.recipes ("authors")
+    split: str = "veloxseg"  # "authors": their rule, sorted cases 60 % train / 20 % validation (data.split)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -138,6 +141,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.is_main = self.rank == 0
         self.use_amp = bool(config.amp and self.device.type == "cuda")
+        get_recipe(config.recipe)  # an unknown recipe fails before any work
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_metric: float | None = None
@@ -226,12 +230,18 @@ class Trainer:
 
         return VeloxSegLoss(lambda_rc=self.config.lambda_rc, lambda_sdkt=self.config.lambda_sdkt)
 
+    @property
+    def recipe(self) -> Recipe:
+        """The training recipe (``--recipe``): schedule, augmentation, clipping, precision."""
+        return get_recipe(self.config.recipe)
+
     def configure_optimizers(self) -> None:
-        """AdamW with warm-up and cosine decay, per epoch."""
+        """AdamW with the recipe's per-epoch warm-up and cosine decay (and its precision)."""
         c = self.config
+        self.use_amp = self.use_amp and self.recipe.amp
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         warmup = c.warmup_epochs if c.warmup_epochs is not None else default_warmup(c.epochs)
-        self.scheduler = build_scheduler(self.optimizer, c.epochs, warmup, c.lr, c.min_lr)
+        self.scheduler = self.recipe.build_scheduler(self.optimizer, c.epochs, warmup, c.lr, c.min_lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
     def build_dataloaders(self) -> None:
@@ -245,7 +255,9 @@ class Trainer:
         cases = {c.name: c.as_dict() for c in self.dataset.cases}
         train = [cases[n] for n in self.split["train"]]
         val = [cases[n] for n in self.split["val"]][self.rank::self.world_size]
-        det, rnd = training_transforms(self.plan, num_samples=self.config.num_samples)
+        recipe = self.recipe
+        det, rnd = training_transforms(self.plan, num_samples=self.config.num_samples, flips=recipe.flips,
+                                       rotate_about=2 if recipe.rotation_axis == "last" else None)
         self.train_random = rnd
         transform = Compose([*det.transforms, *rnd.transforms])
         cache = self.config.cache
@@ -273,7 +285,7 @@ class Trainer:
         """Everything before the first epoch: plan, split, network, loss, optimizer, data, resume state."""
         from ..data.dataset import validate_dataset
         from ..data.plan import default_modalities
-        from ..data.split import split_cases
+        from ..data.split import authors_split, split_cases
 
         self.output.mkdir(parents=True, exist_ok=True)
         self.set_threads()
@@ -291,8 +303,9 @@ class Trainer:
                                  f"checkpoint's {resume_ckpt['channel_names']}")
         else:
             self.dataset, self.plan = self.build_plan()
-            train, val = split_cases([c.name for c in self.dataset.cases], self.config.fold, self.config.val_fraction,
-                                     num_folds=self.config.num_folds)
+            names = [c.name for c in self.dataset.cases]
+            train, val = authors_split(names) if self.config.split == "authors" else \
+                split_cases(names, self.config.fold, self.config.val_fraction, num_folds=self.config.num_folds)
             self.split = {"train": train, "val": val}
         if not self.split["train"]:
             raise InputError(f"{self.config.dataset}: no training cases left after the split")
@@ -364,8 +377,9 @@ class Trainer:
             out = self.model(x)
             parts = self.loss_fn(out, y, x)
         self.scaler.scale(parts.total).backward()
-        self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
+        if self.recipe.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.network.parameters(), self.recipe.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {"train_loss": float(parts.total.detach()), "seg_loss": float(parts.segmentation),
