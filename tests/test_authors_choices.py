@@ -84,3 +84,21 @@ def test_checkpoint_without_the_choices_builds_what_it_was_trained_as():
                           deploy=True)
     with torch.no_grad():
         assert (authors(x) - expected.logits[0]).abs().max() > 1e-3
+
+
+def test_resuming_a_run_older_than_the_choices_keeps_its_network(tmp_path):
+    from test_data import make_tiny_dataset
+    from veloxseg.training import TrainConfig, Trainer
+
+    dataset = make_tiny_dataset(tmp_path / "Dataset001_Tiny", n_cases=2)
+    cfg = dict(dataset=str(dataset), output=str(tmp_path / "run"), patch_size=[32, 32, 32], batch_size=1,
+               threads=1, progress=False, val_fraction=0.0, warmup_epochs=0)
+    Trainer(TrainConfig(**cfg, epochs=1)).run_training()
+    last = tmp_path / "run" / "checkpoint_last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    for key in LEGACY_KWARGS:  # as a version before the choices wrote it
+        ckpt["model_kwargs"].pop(key)
+    torch.save(ckpt, last)
+    resumed = Trainer(TrainConfig(**cfg, epochs=2), resume=True)
+    resumed.run_training()
+    assert {k: resumed.network.hparams[k] for k in LEGACY_KWARGS} == LEGACY_KWARGS

@@ -313,6 +313,12 @@ class Trainer:
         random.seed(self.config.seed)
         np.random.seed(self.config.seed)
         torch.manual_seed(self.config.seed)  # same initial weights on every rank and every run
+        if resume_ckpt is not None and resume_ckpt.get("model_name") == "veloxseg":
+            # the network choices the run was started with (a run older than one of them: its old value)
+            from ..networks.veloxseg import LEGACY_KWARGS
+
+            kept = {k: resume_ckpt["model_kwargs"].get(k, v) for k, v in LEGACY_KWARGS.items()}
+            self.config.model_overrides = {**self.config.model_overrides, **kept}
         self.network = self.build_network(default_modalities(self.dataset.channel_names), self.dataset.num_classes,
                                           self.plan["patch_size"]).to(self.device)
         self.loss_fn = self.build_loss()
