@@ -11,8 +11,9 @@ from typing import Any
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``train`` sub-command."""
     p = sub.add_parser("train", help="train on an nnU-Net v2 raw dataset (torchrun for several processes)",
-                       description="Train VeloxSeg (veloxseg's recipe; --recipe authors: the authors' code's). Under `torchrun --nproc_per_node N -m "
-                                   "veloxseg train ...` it runs DistributedDataParallel (gloo on CPU, nccl on GPU).")
+                       description="Train VeloxSeg (veloxseg's recipe; --recipe authors: the authors' code's). "
+                                   "Under `torchrun --nproc_per_node N -m veloxseg train ...` it runs "
+                                   "DistributedDataParallel (gloo on CPU, nccl on GPU).")
     p.add_argument("dataset", help="dataset folder with dataset.json, imagesTr/ and labelsTr/")
     p.add_argument("--output", "-o", required=True, help="run folder (checkpoints, metrics.csv, curves.png, tensorboard/)")
     p.add_argument("--model", choices=("veloxseg", "unet", "unetr", "swinunetr", "segresnet", "dynunet"),

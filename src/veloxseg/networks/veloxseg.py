@@ -161,7 +161,8 @@ class VeloxSeg(nn.Module):
         if upsampling not in UPSAMPLING:
             raise ValueError(f"unknown upsampling {upsampling!r}; choose one of {', '.join(UPSAMPLING)}")
         if attention_residual not in RESIDUALS:
-            raise ValueError(f"unknown attention_residual {attention_residual!r}; choose one of {', '.join(RESIDUALS)}")
+            raise ValueError(f"unknown attention_residual {attention_residual!r}; "
+                             f"choose one of {', '.join(RESIDUALS)}")
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
         if not layer_norm_eps > 0:
@@ -197,8 +198,8 @@ class VeloxSeg(nn.Module):
         self.patch_size = patch_size
 
         self.transformer = TransformerStream(in_ch, attn_feature_size, patch_size, self.level_pairs, heads,
-                                             min_dim_heads, attn_ffn_ratios, attn_drop, proj_drop,
-                                             dropout, attention_residual, layer_norm_eps) if use_transformer else None
+                                             min_dim_heads, attn_ffn_ratios, attn_drop, proj_drop, dropout,
+                                             attention_residual, layer_norm_eps) if use_transformer else None
         self.conv_stream = ConvStream(sum(in_ch), feature_size, attn_feature_size, m, patch_size, group_widths,
                                       kernel_sizes, conv_ffn_ratios, dropout, LEVELS, with_mixers=use_transformer)
         self.decoder = DecoderLadder(feature_size, group_widths, kernel_sizes, conv_ffn_ratios, dropout, LEVELS)

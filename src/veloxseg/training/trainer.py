@@ -141,7 +141,9 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.is_main = self.rank == 0
         self.use_amp = bool(config.amp and self.device.type == "cuda")
-        get_recipe(config.recipe)  # an unknown recipe fails before any work
+        get_recipe(config.recipe)  # an unknown recipe or split rule fails before any work
+        if config.split not in ("veloxseg", "authors"):
+            raise InputError(f"unknown split rule {config.split!r}; choose veloxseg or authors")
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_metric: float | None = None
