@@ -31,6 +31,7 @@ Payload keys (``format_version`` 2; version 1 files are converted with ``veloxse
                       size, per-channel normalisation scheme and statistics, foreground cropping
 ``versions``          ``{"veloxseg", "torch", "monai"}`` as plain strings
 ``tensor_sha256``     SHA-256 over every tensor of the payload (names, dtypes, shapes, bytes)
+``imported_from``     (optional) where ``veloxseg import-weights`` took the weights from
 ``training_state``    only in the "last" file: optimizer, scheduler, scaler, epoch, RNG states (as
                       tensors and lists), metrics history, best metric
 """
@@ -61,8 +62,10 @@ REQUIRED_KEYS = ("format", "format_version", "model_name", "model_kwargs", "stat
 
 def _build_veloxseg(kwargs: dict[str, Any]) -> nn.Module:
     from .networks import VeloxSeg
+    from .networks.veloxseg import LEGACY_KWARGS
 
-    return VeloxSeg(**kwargs)
+    # an argument missing from model_kwargs: written before it existed, built as then (LEGACY_KWARGS)
+    return VeloxSeg(**{**LEGACY_KWARGS, **kwargs})
 
 
 def _build_baseline(kwargs: dict[str, Any]) -> nn.Module:

@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "predict",
     "evaluate",
     "export",
+    "import_weights",
     "bench",
     "checkpoint",
 )

@@ -12,8 +12,9 @@ from .args import fraction, positive_float, positive_int
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``train`` sub-command."""
     p = sub.add_parser("train", help="train on an nnU-Net v2 raw dataset (torchrun for several processes)",
-                       description="Train VeloxSeg with the paper's recipe. Under `torchrun --nproc_per_node N -m "
-                                   "veloxseg train ...` it runs DistributedDataParallel (gloo on CPU, nccl on GPU).")
+                       description="Train VeloxSeg (veloxseg's recipe; --recipe authors: the authors' code's). "
+                                   "Under `torchrun --nproc_per_node N -m veloxseg train ...` it runs "
+                                   "DistributedDataParallel (gloo on CPU, nccl on GPU).")
     p.add_argument("dataset", help="dataset folder with dataset.json, imagesTr/ and labelsTr/")
     p.add_argument("--output", "-o", required=True, help="run folder (checkpoints, metrics.csv, curves.png, tensorboard/)")
     p.add_argument("--model", choices=("veloxseg", "unet", "unetr", "swinunetr", "segresnet", "dynunet"),
@@ -50,13 +51,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget-clock", choices=("wall", "cpu"),
                    help="what --time-budget counts: wall-clock time (default) or this process's CPU time "
                         "(fair between runs on a shared, loaded machine)")
+    p.add_argument("--recipe", choices=("default", "authors"),
+                   help="training recipe: default (veloxseg's) or authors (their code's learning-rate curve, no "
+                        "flips, rotation about the last axis, no gradient clipping, float32); docs/training.md")
+    p.add_argument("--split", choices=("veloxseg", "authors"),
+                   help="how cases are split: veloxseg (--fold / --val-fraction, default) or authors (sorted cases, "
+                        "first 60 %% train, next 20 %% validation, the rest unused)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on CUDA")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.set_defaults(func=run)
 
 
 OVERRIDABLE = ("model", "variant", "num_folds", "budget_clock", "preset", "epochs", "patch_size", "spacing",
-               "batch_size", "fold", "val_fraction", "iterations", "val_every", "lr", "device", "threads", "seed", "cache", "num_workers", "max_minutes", "amp", "progress")
+               "batch_size", "fold", "val_fraction", "iterations", "val_every", "lr", "device", "threads", "seed", "cache", "num_workers", "max_minutes", "amp", "progress",
+               "recipe", "split")
 
 
 def build_config(args: argparse.Namespace) -> Any:

@@ -93,11 +93,27 @@ def foreground_mask(plan: Mapping[str, Any]) -> ForegroundMask:
     return ForegroundMask(ct, plan.get("ct_body_threshold", CT_BODY_THRESHOLD))
 
 
+def normalization_problem(normalization: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why a plan's normalisation cannot be applied (an unknown scheme, CT statistics missing), or None."""
+    for c, norm in enumerate(normalization):
+        scheme = norm.get("scheme")
+        if scheme not in ("ct", "zscore", "none"):
+            return f"channel {c}: unknown normalisation scheme {scheme!r}"
+        if scheme == "ct" and any(norm.get(k) is None for k in ("lower", "upper", "mean", "std")):
+            return (f"channel {c}: the CT normalisation statistics are unknown (a checkpoint imported from the "
+                    f"authors' code without them); import it again with --ct-statistics MEAN STD P0.5 P99.5 "
+                    f"or --ct-statistics-from DATASET")
+    return None
+
+
 def normalize_array(image: torch.Tensor | np.ndarray, normalization: Sequence[Mapping[str, Any]]) -> torch.Tensor:
     """Normalise a ``(C, ...)`` image channel by channel with the plan's schemes."""
     img = torch.as_tensor(image, dtype=torch.float32).clone()
     if img.shape[0] != len(normalization):
         raise ValueError(f"image has {img.shape[0]} channels, the plan normalises {len(normalization)}")
+    problem = normalization_problem(normalization)
+    if problem is not None:
+        raise ValueError(problem)
     for c, norm in enumerate(normalization):
         scheme = norm["scheme"]
         x = img[c]
@@ -173,28 +189,29 @@ def rotation_axis(spacing: Sequence[float]) -> int:
     return max(range(3), key=lambda i: (sp[i], i))
 
 
-def training_transforms(plan: Mapping[str, Any], num_samples: int = 2) -> tuple[Compose, Compose]:
+def training_transforms(plan: Mapping[str, Any], num_samples: int = 2, flips: bool = True,
+                        rotate_about: int | None = None) -> tuple[Compose, Compose]:
     """``(deterministic, random)`` training chains; cache the first, apply the second every epoch.
 
     Random part: ``RandCropByPosNegLabeld`` (patch size, positive:negative centres 1:1,
     ``num_samples`` crops per volume), ``RandRotated`` within +-15 degrees about one axis with
-    probability 0.5, and ``RandFlipd`` on each axis with probability 0.5.
+    probability 0.5 (``rotate_about``, by default :func:`rotation_axis` of the plan's spacing), and
+    with ``flips`` ``RandFlipd`` on each axis with probability 0.5.
     """
     patch = [int(p) for p in plan["patch_size"]]
     keys = ["image", "label"]
     deterministic = Compose(_base(plan, keys) + [SpatialPadd(keys=keys, spatial_size=patch, mode="constant")])
     angle = np.deg2rad(15.0)
     ranges = [0.0, 0.0, 0.0]
-    ranges[rotation_axis(plan["spacing"])] = angle
-    random = Compose([
+    ranges[rotation_axis(plan["spacing"]) if rotate_about is None else int(rotate_about)] = angle
+    chain = [
         RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=patch, pos=1, neg=1,
                                num_samples=num_samples, image_key="image", image_threshold=-1e9,
                                allow_smaller=False),
         RandRotated(keys=keys, range_x=ranges[0], range_y=ranges[1], range_z=ranges[2], prob=0.5,
                     mode=("bilinear", "nearest"), padding_mode="border", keep_size=True),
-        RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
-        RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
-        RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
-        EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False),
-    ])
+    ]
+    if flips:
+        chain += [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    random = Compose([*chain, EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False)])
     return deterministic, random

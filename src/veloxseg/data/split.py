@@ -1,4 +1,4 @@
-"""Train/validation splits of case names: k-fold (nnU-Net's 5 folds) or a held-out fraction."""
+"""Train/validation splits of case names: k-fold (nnU-Net's 5 folds), a held-out fraction, or the authors' rule."""
 
 from __future__ import annotations
 
@@ -37,3 +37,18 @@ def split_cases(names: Sequence[str], fold: int | None = None, val_fraction: flo
         val = sorted(order[:n_val])
     train = [n for n in names if n not in set(val)]
     return train, val
+
+
+#: the authors' ``train_rate`` and ``val_rate`` (``config/train_config_bs4.json``); the rest is their test set
+AUTHORS_TRAIN_RATE, AUTHORS_VAL_RATE = 0.6, 0.2
+
+
+def authors_split(names: Sequence[str], train_rate: float = AUTHORS_TRAIN_RATE,
+                  val_rate: float = AUTHORS_VAL_RATE) -> tuple[list[str], list[str]]:
+    """``(train, val)`` by the authors' rule: the sorted cases, the first ``int(train_rate * n)`` for
+    training, the next up to ``int((train_rate + val_rate) * n)`` for validation; the rest (their test
+    set) is left out of both."""
+    names = sorted(names)
+    n = len(names)
+    first, second = int(train_rate * n), int((train_rate + val_rate) * n)
+    return names[:first], names[first:second]

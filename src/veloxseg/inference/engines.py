@@ -121,6 +121,11 @@ def _check_plan(plan: Any, source: Path) -> dict[str, Any]:
     missing = [k for k in ("channel_names", "spacing", "patch_size", "normalization") if k not in plan]
     if missing:
         raise InputError(f"{source}: preprocessing plan lacks {', '.join(missing)}")
+    from ..data.preprocessing import normalization_problem
+
+    problem = normalization_problem(plan["normalization"])
+    if problem is not None:
+        raise InputError(f"{source}: {problem}")
     return dict(plan)
 
 

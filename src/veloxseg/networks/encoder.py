@@ -15,13 +15,15 @@ from .pwa import PWABlock, Size3
 class TransformerStream(nn.Module):
     """One branch per modality: patch embedding, then a PWA block per level and patch merging between levels.
 
+    ``residual`` and ``eps``: the PWA blocks' attention residual and the LayerNorms' epsilon (:class:`PWABlock`).
+
     Returns, for each level, the list of the ``M`` modalities' maps (width ``E * 2**level``).
     """
 
     def __init__(self, in_channels: Sequence[int], width: int, patch_size: int,
                  level_pairs: Sequence[Sequence[tuple[Size3, Size3]]], heads: Sequence[int],
                  min_dim_heads: Sequence[int], ffn_ratios: Sequence[int], attn_drop: float = 0.1,
-                 proj_drop: float = 0.1, dropout: float = 0.1) -> None:
+                 proj_drop: float = 0.1, dropout: float = 0.1, residual: str = "double", eps: float = 1e-6) -> None:
         super().__init__()
         m, levels = len(in_channels), len(level_pairs)
         self.embed = nn.ModuleList(
@@ -30,11 +32,11 @@ class TransformerStream(nn.Module):
         )
         self.blocks = nn.ModuleList(
             PWABlock(width * 2**i, m, level_pairs[i], heads[i], min_dim_heads[i], ffn_ratios[i],
-                     attn_drop, proj_drop, dropout)
+                     attn_drop, proj_drop, dropout, residual, eps)
             for i in range(levels)
         )
         self.merges = nn.ModuleList(
-            nn.ModuleList(PatchMerging3d(width * 2**i) for _ in range(m)) for i in range(levels - 1)
+            nn.ModuleList(PatchMerging3d(width * 2**i, eps) for _ in range(m)) for i in range(levels - 1)
         )
 
     def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:

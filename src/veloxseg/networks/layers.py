@@ -418,9 +418,9 @@ def space_to_depth_3d(x: torch.Tensor) -> torch.Tensor:
 class PatchMerging3d(nn.Module):
     """Swin-style patch merging for channels-first maps: space-to-depth, LayerNorm(8C), 1x1 conv to 2C."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm = LayerNorm3d(8 * channels)
+        self.norm = LayerNorm3d(8 * channels, eps=eps)
         self.reduction = Conv3d(8 * channels, 2 * channels, kernel_size=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -153,7 +153,8 @@ class PairedWindowAttention(nn.Module):
         qkv = qkv.view(batch, m, self.num_scales, -1, *size)
 
         # gather: one salient token per small window, n tokens per big window, modalities on the token axis
-        direct = fast_paths_enabled() and not torch.is_grad_enabled()  # inference: one copy per scale, no cat
+        # inference: one copy per scale, no cat (not in train mode with attention dropout, which it leaves out)
+        direct = fast_paths_enabled() and not torch.is_grad_enabled() and not (self.training and self.attn_drop > 0)
         counts = [batch * math.prod(s // b for s, b in zip(size, big)) for big, _ in self.pairs]
         tokens = qkv.new_empty(sum(counts), heads, m * nd * nh * nw, qkv.shape[3] // heads) if direct else None
         windows, offset = [], 0
@@ -258,18 +259,32 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: 
     return Conv3d.conv(x, weight, bias, groups=groups)
 
 
+#: forms of the attention residual of :class:`PWABlock`
+RESIDUALS: tuple[str, ...] = ("double", "single")
+
+
 class PWABlock(nn.Module):
-    """Transformer block with one residual stream per modality: ``x += PWA(LN(x)); x += FFN(LN(x))``."""
+    """Transformer block with one residual stream per modality.
+
+    ``residual="double"`` (the authors' code: their attention module returns ``inputs + mixer(attn)`` and
+    their block adds the input again) computes ``x = 2x + PWA(LN(x)); x += FFN(LN(x))``;
+    ``residual="single"`` (what veloxseg computed before, kept for its checkpoints)
+    ``x += PWA(LN(x)); x += FFN(LN(x))``.
+    ``eps``: of the LayerNorms (the authors' 1e-6).
+    """
 
     def __init__(self, channels: int, num_modalities: int, pairs: Sequence[tuple[Size3, Size3]], heads: int,
                  min_dim_head: int, ffn_ratio: int = 3, attn_drop: float = 0.1, proj_drop: float = 0.1,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, residual: str = "double", eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm1 = nn.ModuleList(LayerNorm3d(channels) for _ in range(num_modalities))
+        if residual not in RESIDUALS:
+            raise ValueError(f"unknown attention residual {residual!r}; choose one of {', '.join(RESIDUALS)}")
+        self.residual_scale = 2.0 if residual == "double" else 1.0
+        self.norm1 = nn.ModuleList(LayerNorm3d(channels, eps=eps) for _ in range(num_modalities))
         self.attn = PairedWindowAttention(channels, num_modalities, pairs, heads, min_dim_head, attn_drop, proj_drop)
         self.ffn = nn.ModuleList(
             nn.Sequential(
-                LayerNorm3d(channels),
+                LayerNorm3d(channels, eps=eps),
                 Conv3d(channels, channels * ffn_ratio, 1),
                 nn.GELU(),
                 Dropout(dropout),
@@ -281,7 +296,8 @@ class PWABlock(nn.Module):
 
     def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         attended = self.attn([norm(x) for norm, x in zip(self.norm1, xs)])
-        xs = [x + a for x, a in zip(xs, attended)]
+        # 2x + a as one fused op (exact: doubling is exact in floating point)
+        xs = [torch.add(a, x, alpha=self.residual_scale) for x, a in zip(xs, attended)]
         if self.training:
             return [x + ffn(x) for ffn, x in zip(self.ffn, xs)]
         return [x + conv_gelu_conv(ffn[0](x), ffn[1], ffn[4]) for ffn, x in zip(self.ffn, xs)]  # dropouts: identity

@@ -11,13 +11,24 @@ from torch import nn
 from ..jl import DEFAULT_KAPPA, jl_group_widths
 from .decoder import DecoderLadder, PixelShuffleHead, TransposedConvHead
 from .encoder import ConvStream, TransformerStream
+from .initialization import INITS, init_weights_
 from .layers import Conv3d, upsample_trilinear
-from .pwa import Size3, as_size3, window_pairs
+from .pwa import RESIDUALS, Size3, as_size3, window_pairs
 from .sdkt import TextureTeacher, gram_matrix
 
 REFERENCE_WINDOWS: tuple[int, ...] = (3, 6, 3, 3)
 LEVELS = 4
 UPSAMPLING: tuple[str, ...] = ("pixel_shuffle", "transposed")
+#: The constructor arguments that follow the authors' code (JinPLu/VeloxSeg) by default, with the value
+#: networks were built with before the argument existed. A checkpoint whose ``model_kwargs`` lack one of
+#: them was written by such a version: :func:`veloxseg.checkpoint.build_model` fills these in, so it keeps
+#: computing what it computed (docs/architecture.md, "Differences from the authors' code").
+LEGACY_KWARGS: dict[str, Any] = {
+    "attention_residual": "single",
+    "layer_norm_eps": 1e-5,
+    "ds_align_corners": False,
+    "init": "pytorch",
+}
 
 
 class VeloxSegOutput(NamedTuple):
@@ -99,6 +110,13 @@ class VeloxSeg(nn.Module):
             conv-only rows; needs ``texture_teachers=False``, the teachers read the attention maps).
         upsampling: ``"pixel_shuffle"`` (the paper's unified upsampling) or ``"transposed"`` (the
             ablation's conventional decoder, :class:`~veloxseg.networks.decoder.TransposedConvHead`).
+        attention_residual: ``"double"`` (the authors' code: a PWA block computes ``2x + PWA(LN(x))``
+            before its FFN residual) or ``"single"`` (``x + PWA(LN(x))``, what veloxseg computed before).
+        layer_norm_eps: epsilon of the transformer stream's LayerNorms (the authors' 1e-6; before: 1e-5).
+        ds_align_corners: ``align_corners`` of the trilinear upsampling of the deep-supervision logits
+            (the authors' True; before: False).
+        init: ``"he"`` (the authors': He-normal convs, zero biases, :mod:`.initialization`) or
+            ``"pytorch"`` (PyTorch's default, what veloxseg used before).
     """
 
     def __init__(
@@ -127,6 +145,10 @@ class VeloxSeg(nn.Module):
         jl_kappa: float = DEFAULT_KAPPA,
         use_transformer: bool = True,
         upsampling: str = "pixel_shuffle",
+        attention_residual: str = "double",
+        layer_norm_eps: float = 1e-6,
+        ds_align_corners: bool = True,
+        init: str = "he",
     ) -> None:
         super().__init__()
         if spatial_dims != 3:
@@ -138,6 +160,13 @@ class VeloxSeg(nn.Module):
             raise ValueError(f"out_channels must be >= 1, got {out_channels}")
         if upsampling not in UPSAMPLING:
             raise ValueError(f"unknown upsampling {upsampling!r}; choose one of {', '.join(UPSAMPLING)}")
+        if attention_residual not in RESIDUALS:
+            raise ValueError(f"unknown attention_residual {attention_residual!r}; "
+                             f"choose one of {', '.join(RESIDUALS)}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+        if not layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {layer_norm_eps}")
         if texture_teachers and not use_transformer:
             raise ValueError("texture_teachers need the transformer stream (use_transformer=True)")
         m = len(in_ch)
@@ -160,14 +189,17 @@ class VeloxSeg(nn.Module):
             "attn_drop": attn_drop, "proj_drop": proj_drop, "dropout": dropout,
             "deep_supervision": deep_supervision, "texture_teachers": texture_teachers, "jl_kappa": jl_kappa,
             "use_transformer": use_transformer, "upsampling": upsampling,
+            "attention_residual": attention_residual, "layer_norm_eps": float(layer_norm_eps),
+            "ds_align_corners": bool(ds_align_corners), "init": init,
         }
+        self.ds_align_corners = bool(ds_align_corners)
         self.in_channels = in_ch
         self.out_channels = out_channels
         self.patch_size = patch_size
 
         self.transformer = TransformerStream(in_ch, attn_feature_size, patch_size, self.level_pairs, heads,
-                                             min_dim_heads, attn_ffn_ratios, attn_drop, proj_drop,
-                                             dropout) if use_transformer else None
+                                             min_dim_heads, attn_ffn_ratios, attn_drop, proj_drop, dropout,
+                                             attention_residual, layer_norm_eps) if use_transformer else None
         self.conv_stream = ConvStream(sum(in_ch), feature_size, attn_feature_size, m, patch_size, group_widths,
                                       kernel_sizes, conv_ffn_ratios, dropout, LEVELS, with_mixers=use_transformer)
         self.decoder = DecoderLadder(feature_size, group_widths, kernel_sizes, conv_ffn_ratios, dropout, LEVELS)
@@ -184,6 +216,7 @@ class VeloxSeg(nn.Module):
                            conv_ffn_ratios, dropout, LEVELS)
             for c in in_ch
         ) if texture_teachers else None
+        init_weights_(self, init)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> VeloxSeg:
@@ -232,7 +265,7 @@ class VeloxSeg(nn.Module):
         all_logits = [logits]
         if self.ds_heads is not None:
             for head, feat in zip(self.ds_heads, [*decoded[1:], feats[-1]]):
-                all_logits.append(upsample_trilinear(head(feat), size))
+                all_logits.append(upsample_trilinear(head(feat), size, align_corners=self.ds_align_corners))
         if self.teachers is None:
             return VeloxSegOutput(all_logits, None, None, [])
         recons, grams = [], []

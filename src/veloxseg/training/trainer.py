@@ -30,12 +30,13 @@ from ..errors import InputError, VeloxSegError
 from ..runtime import tune_allocator
 from . import distributed as dist_utils
 from .logging import TensorBoardLogger, plot_curves, write_metrics_csv
-from .schedule import WarmupCosine, build_scheduler, default_warmup
+from .recipes import Recipe, get_recipe
+from .schedule import WarmupCosine, default_warmup
 
 
 @dataclass
 class TrainConfig:
-    """Everything ``veloxseg train`` accepts; the defaults are the paper's recipe."""
+    """Everything ``veloxseg train`` accepts; the defaults are veloxseg's recipe (docs/training.md)."""
 
     dataset: str
     output: str
@@ -70,6 +71,8 @@ class TrainConfig:
     variant: str | None = None  # an ablation variant of VeloxSeg (veloxseg.variants.VARIANTS)
     num_folds: int = 5  # folds of the k-fold split that ``fold`` picks from
     budget_clock: str = "wall"  # max_minutes of wall-clock time, or "cpu": of this process's CPU time (ModelTrainer)
+    recipe: str = "default"  # schedule, augmentation, clipping, precision: veloxseg.training.recipes ("authors")
+    split: str = "veloxseg"  # "authors": their rule, sorted cases 60 % train / 20 % validation (data.split)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -163,6 +166,9 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.is_main = self.rank == 0
         self.use_amp = bool(config.amp and self.device.type == "cuda")
+        get_recipe(config.recipe)  # an unknown recipe or split rule fails before any work
+        if config.split not in ("veloxseg", "authors"):
+            raise InputError(f"unknown split rule {config.split!r}; choose veloxseg or authors")
         self.start_epoch = 0
         self._epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -252,12 +258,18 @@ class Trainer:
 
         return VeloxSegLoss(lambda_rc=self.config.lambda_rc, lambda_sdkt=self.config.lambda_sdkt)
 
+    @property
+    def recipe(self) -> Recipe:
+        """The training recipe (``--recipe``): schedule, augmentation, clipping, precision."""
+        return get_recipe(self.config.recipe)
+
     def configure_optimizers(self) -> None:
-        """AdamW with warm-up and cosine decay, per epoch."""
+        """AdamW with the recipe's per-epoch warm-up and cosine decay (and its precision)."""
         c = self.config
+        self.use_amp = self.use_amp and self.recipe.amp
         self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         warmup = c.warmup_epochs if c.warmup_epochs is not None else default_warmup(c.epochs)
-        self.scheduler = build_scheduler(self.optimizer, c.epochs, warmup, c.lr, c.min_lr)
+        self.scheduler = self.recipe.build_scheduler(self.optimizer, c.epochs, warmup, c.lr, c.min_lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
 
     def build_dataloaders(self) -> None:
@@ -271,7 +283,9 @@ class Trainer:
         cases = {c.name: c.as_dict() for c in self.dataset.cases}
         train = [cases[n] for n in self.split["train"]]
         val = [cases[n] for n in self.split["val"]][self.rank::self.world_size]
-        det, rnd = training_transforms(self.plan, num_samples=self.config.num_samples)
+        recipe = self.recipe
+        det, rnd = training_transforms(self.plan, num_samples=self.config.num_samples, flips=recipe.flips,
+                                       rotate_about=2 if recipe.rotation_axis == "last" else None)
         self.train_random = rnd
         transform = Compose([*det.transforms, *rnd.transforms])
         cache = self.config.cache
@@ -299,7 +313,7 @@ class Trainer:
         """Everything before the first epoch: plan, split, network, loss, optimizer, data, resume state."""
         from ..data.dataset import validate_dataset
         from ..data.plan import default_modalities
-        from ..data.split import split_cases
+        from ..data.split import authors_split, split_cases
 
         # rank 0 decides before anything is written; the other ranks follow its verdict
         problem = self.check_run_folder() if self.is_main else None
@@ -320,8 +334,9 @@ class Trainer:
             self.check_same_cases(resume_ckpt)
         else:
             self.dataset, self.plan = self.build_plan()
-            train, val = split_cases([c.name for c in self.dataset.cases], self.config.fold, self.config.val_fraction,
-                                     num_folds=self.config.num_folds)
+            names = [c.name for c in self.dataset.cases]
+            train, val = authors_split(names) if self.config.split == "authors" else \
+                split_cases(names, self.config.fold, self.config.val_fraction, num_folds=self.config.num_folds)
             self.split = {"train": train, "val": val}
         if not self.split["train"]:
             raise InputError(f"{self.config.dataset}: no training cases left after the split")
@@ -329,6 +344,12 @@ class Trainer:
         random.seed(self.config.seed)
         np.random.seed(self.config.seed)
         torch.manual_seed(self.config.seed)  # same initial weights on every rank and every run
+        if resume_ckpt is not None and resume_ckpt.get("model_name") == "veloxseg":
+            # the network choices the run was started with (a run older than one of them: its old value)
+            from ..networks.veloxseg import LEGACY_KWARGS
+
+            kept = {k: resume_ckpt["model_kwargs"].get(k, v) for k, v in LEGACY_KWARGS.items()}
+            self.config.model_overrides = {**self.config.model_overrides, **kept}
         self.network = self.build_network(default_modalities(self.dataset.channel_names), self.dataset.num_classes,
                                           self.plan["patch_size"]).to(self.device)
         self.loss_fn = self.build_loss()
@@ -422,7 +443,8 @@ class Trainer:
             raise TrainingDiverged(f"the loss became {float(parts.total.detach())} at epoch {self._epoch + 1}")
         self.scaler.scale(parts.total).backward()
         self.scaler.unscale_(self.optimizer)
-        norm = nn.utils.clip_grad_norm_(self.network.parameters(), 12.0)
+        clip = self.recipe.grad_clip  # None (the authors' recipe): the norm is measured, not clipped
+        norm = nn.utils.clip_grad_norm_(self.network.parameters(), clip if clip is not None else float("inf"))
         if not self.use_amp and not torch.isfinite(norm):  # with AMP the scaler skips such steps itself
             raise TrainingDiverged(f"the gradients became non-finite at epoch {self._epoch + 1}")
         self.scaler.step(self.optimizer)
