@@ -443,8 +443,10 @@ class Trainer:
             raise TrainingDiverged(f"the loss became {float(parts.total.detach())} at epoch {self._epoch + 1}")
         self.scaler.scale(parts.total).backward()
         self.scaler.unscale_(self.optimizer)
-        clip = self.recipe.grad_clip  # None (the authors' recipe): the norm is measured, not clipped
-        norm = nn.utils.clip_grad_norm_(self.network.parameters(), clip if clip is not None else float("inf"))
+        if self.recipe.grad_clip is not None:
+            norm = nn.utils.clip_grad_norm_(self.network.parameters(), self.recipe.grad_clip)
+        else:  # the authors' recipe: the norm is measured (for the divergence check), not clipped
+            norm = nn.utils.get_total_norm([p.grad for p in self.network.parameters() if p.grad is not None])
         if not self.use_amp and not torch.isfinite(norm):  # with AMP the scaler skips such steps itself
             raise TrainingDiverged(f"the gradients became non-finite at epoch {self._epoch + 1}")
         self.scaler.step(self.optimizer)
