@@ -14,6 +14,12 @@ finishes and ``docs/results.md`` is regenerated (``experiments/make_results.py``
     python experiments/run_experiments.py                        # everything, 2 runs at a time
     python experiments/run_experiments.py --groups hecktor ablation --parallel 2 --budget 2
     python experiments/run_experiments.py --list                 # the runs and whether they are done
+    python experiments/run_experiments.py --groups curve         # Dice per CPU-minute (about 8 CPU-hours)
+
+The ``curve`` group is the time-to-accuracy comparison: exactly the command a user runs
+(``veloxseg train --time-budget M --budget-clock cpu``, the recipe the CLI chooses by itself, no
+per-model flags), VeloxSeg and UNet at 2, 8 and 30 CPU-minutes and SegResNet and DynUNet at 8 on
+HecktorMini (3 folds), VeloxSeg and UNet at 8 and VeloxSeg at 30 on BratsMini (leave-one-out, 3 mm).
 
 Run folders (checkpoints, logs, predictions) go to ``--work`` (default ``/tmp/veloxseg-exp``),
 outside the repository; the data sets are read in place from ``../shared/data``.
@@ -44,6 +50,12 @@ BRATS = DATA / "Dataset502_BratsMini"
 COMMON = ["--epochs", "200", "--lr", "2e-3", "--val-every", "10", "--patch-size", "32", "32", "64",
           "--budget-clock", "cpu", "--device", "cpu", "--no-progress"]
 MAIN_MODELS = ("veloxseg", "unet", "segresnet", "swinunetr", "dynunet")
+#: the ``curve`` group: only what every run needs; the CLI's --time-budget recipe chooses the rest
+CURVE_COMMON = ["--budget-clock", "cpu", "--device", "cpu", "--no-progress"]
+#: (model, budget in CPU-minutes) of the ``curve`` group, per data set
+CURVE_HECKTOR = [("veloxseg", 2), ("unet", 2), ("veloxseg", 8), ("unet", 8), ("segresnet", 8), ("dynunet", 8),
+                 ("veloxseg", 30), ("unet", 30)]
+CURVE_BRATS = [("veloxseg", 8), ("unet", 8), ("veloxseg", 30)]
 ABLATION = ("conv-only", "multiscale", "jl-groups", "pwa", "unified-upsampling", "groups-8-16-16-32",
             "teachers-no-gram")  # "full" is the plain veloxseg run of the main comparison
 HEAVY = ("swinunetr", "dynunet")  # at most --max-heavy of these at once (memory)
@@ -67,6 +79,8 @@ class Job:
     @property
     def name(self) -> str:
         arch = self.variant or self.model
+        if self.group.startswith("curve"):  # several budgets per model
+            return f"{arch}_{self.budget_min:g}min_fold{self.fold}_seed{self.seed}"
         return f"{arch}_fold{self.fold}_seed{self.seed}"
 
     @property
@@ -78,7 +92,8 @@ class Job:
         if self.variant:
             args += ["--variant", self.variant]
         args += ["--num-folds", str(self.num_folds), "--fold", str(self.fold), "--seed", str(self.seed),
-                 "--time-budget", f"{self.budget_min:g}", "--threads", str(self.threads), *COMMON, *self.extra]
+                 "--time-budget", f"{self.budget_min:g}", "--threads", str(self.threads),
+                 *(CURVE_COMMON if self.group.startswith("curve") else COMMON), *self.extra]
         return args
 
 
@@ -95,6 +110,11 @@ def all_jobs(budget: float, threads: int, groups: list[str]) -> list[Job]:
     if "brats" in groups:  # 4 cases, leave-one-out, at 3 mm (about 27x fewer voxels than 1 mm)
         jobs += [Job("brats", str(BRATS), m, None, k, 4, 0, budget, threads, ["--spacing", "3", "3", "3"])
                  for k in range(4) for m in MAIN_MODELS]
+    if "curve" in groups:  # budgets of its own; short runs first, fold-major
+        jobs += [Job("curve", h, m, None, k, 3, 0, b, threads) for b in (2, 8, 30) for k in range(3)
+                 for m, mb in CURVE_HECKTOR if mb == b]
+        jobs += [Job("curve-brats", str(BRATS), m, None, k, 4, 0, b, threads, ["--spacing", "3", "3", "3"])
+                 for b in (8, 30) for k in range(4) for m, mb in CURVE_BRATS if mb == b]
     return jobs
 
 
@@ -261,7 +281,8 @@ def schedule(jobs: list[Job], work: Path, parallel: int, logs: Path, stop_at: fl
             log = open(logs / f"{pick.group}_{pick.name}.log", "w")
             cmd = [sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(asdict(pick)),
                    "--work", str(work)]
-            env = {**os.environ, "OMP_NUM_THREADS": str(pick.threads), "MKL_NUM_THREADS": str(pick.threads)}
+            env = {"OMP_WAIT_POLICY": "PASSIVE",  # the run imports torch before the CLI could set it (runtime.py)
+                   **os.environ, "OMP_NUM_THREADS": str(pick.threads), "MKL_NUM_THREADS": str(pick.threads)}
             running[subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)] = pick
             print(f"{time.strftime('%H:%M:%S')} start {pick.group}/{pick.name}", flush=True)
         if past and not running and not elsewhere:
@@ -274,7 +295,8 @@ def schedule(jobs: list[Job], work: Path, parallel: int, logs: Path, stop_at: fl
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--groups", nargs="+", default=["hecktor", "ablation", "seeds", "brats"],
-                    choices=["hecktor", "ablation", "seeds", "brats"])
+                    choices=["hecktor", "ablation", "seeds", "brats", "curve"],
+                    help="default: all but curve (the Dice-per-CPU-minute runs, which bring their own budgets)")
     ap.add_argument("--budget", type=float, default=1.5,
                     help="training budget per run, minutes of the run's own CPU time (default 1.5)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")

@@ -50,6 +50,19 @@ def test_plan_covers_every_model_and_variant_on_the_same_folds():
     assert len({j.name for j in jobs if j.group == "ablation"}) == len(run_experiments.ABLATION) * 3
 
 
+def test_curve_group_runs_the_users_command_at_each_budget():
+    jobs = run_experiments.all_jobs(1.5, 1, ["curve"])
+    hecktor = {(j.model, j.budget_min, j.fold) for j in jobs if j.group == "curve"}
+    assert hecktor == {(m, b, k) for m, b in run_experiments.CURVE_HECKTOR for k in range(3)}
+    brats = {(j.model, j.budget_min, j.fold) for j in jobs if j.group == "curve-brats"}
+    assert brats == {(m, b, k) for m, b in run_experiments.CURVE_BRATS for k in range(4)}
+    assert len({(j.group, j.name) for j in jobs}) == len(jobs)  # one result file per run
+    args = jobs[0].train_args(Path("/tmp/r"))
+    assert "--time-budget" in args and "cpu" in args
+    for tuned in ("--lr", "--epochs", "--patch-size", "--val-every", "--iterations"):
+        assert tuned not in args  # the CLI's budget recipe decides, the same for every model
+
+
 def test_results_document_tables_headline_plot_and_partial_label(tmp_path):
     results = tmp_path / "results"
     cases = [("a", "b"), ("c", "d"), ("e", "f")]

@@ -72,7 +72,7 @@ def test_baseline_trains_saves_loads_and_predicts(model, tiny_dataset, tmp_path)
 def test_variant_trains_with_its_loss_and_predicts(tiny_dataset, tmp_path):
     run, info = train_predict_evaluate(tiny_dataset, tmp_path,
                                        ["--variant", "jl-groups", "--patch-size", "32", "32", "32",
-                                        "--time-budget", "30"])
+                                        "--time-budget", "30", "--iterations", "2"])
     best = load_checkpoint(run / "checkpoint_best.pt")
     assert best["model_name"] == "veloxseg" and best["variant"] == "jl-groups"
     kw = best["model_kwargs"]

@@ -52,10 +52,22 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def budgeted_run(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` runs on a time budget: ``train --time-budget`` (``--max-minutes``) or ``demo``."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    flags = ("--time-budget", "--max-minutes")
+    return command == "demo" or (command == "train" and any(a.split("=")[0] in flags for a in argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``veloxseg`` command; returns the exit code."""
     from ..errors import VeloxSegError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if budgeted_run(argv):  # before the parsers load torch (veloxseg.runtime)
+        from ..runtime import prefer_passive_omp_wait
+
+        prefer_passive_omp_wait()
     try:
         signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread (e.g. called from a worker thread): leave signals alone

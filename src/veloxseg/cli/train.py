@@ -22,9 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "with Dice+CE")
     p.add_argument("--variant", help="an ablation variant of VeloxSeg (veloxseg summary --list-variants)")
     p.add_argument("--preset", help="reference configuration: network, spacing and patch size (autopet, hecktor, brats)")
-    p.add_argument("--epochs", type=positive_int, help="epochs (default 300); each epoch passes over every training case once")
+    p.add_argument("--epochs", type=positive_int, help="epochs (default 300); each epoch passes over every training case once; "
+                                            "with --time-budget: at most this many epochs (default: no cap)")
     p.add_argument("--patch-size", type=int, nargs=3, metavar=("D", "H", "W"),
-                   help="training patch, multiples of 32 (default: from the dataset fingerprint)")
+                   help="training patch, multiples of 32 (default: from the dataset fingerprint, at most 96^3 "
+                        "voxels; with --time-budget at most 64x64x32)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="target spacing in mm, RAS order (default: from the dataset fingerprint)")
     p.add_argument("--batch-size", type=positive_int, help="volumes per step, each giving 2 crops (default 2)")
@@ -32,11 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     split.add_argument("--fold", type=int, help="5-fold cross-validation fold 0-4 (-1: train on all cases)")
     split.add_argument("--val-fraction", type=fraction, help="fraction of cases held out for validation (default 0.2)")
     p.add_argument("--iterations", type=positive_int,
-                   help="optimizer steps per epoch (default: one pass over the training cases; "
-                        "raise it for datasets with few cases)")
+                   help="optimizer steps per epoch (default: one pass over the training cases; with "
+                        "--time-budget 50; raise it for datasets with few cases)")
     p.add_argument("--num-folds", type=positive_int, help="folds of the cross-validation --fold picks from (default 5)")
-    p.add_argument("--val-every", type=positive_int, help="validate every N epochs (default 5)")
-    p.add_argument("--lr", type=positive_float, help="peak learning rate (default 2.5e-4)")
+    p.add_argument("--val-every", type=positive_int, help="validate every N epochs (default 5; with --time-budget 1)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default 2.5e-4; with --time-budget 2e-3)")
+    p.add_argument("--selection", choices=("auto", "ema", "best", "last"),  # training.selection.RULES
+                   help="what checkpoint_best.pt holds: the epoch of the best moving average of the validation "
+                        "Dice (ema), of the best Dice (best), or the final weights (last); default auto: ema "
+                        "with fewer than 5 validation cases, else best")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint_last.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in RUN_DIR even though it holds another run's files (they are replaced)")
@@ -46,8 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", choices=("memory", "disk", "none"), help="where preprocessed cases are kept (default memory)")
     p.add_argument("--workers", type=int, dest="num_workers", help="data-loader worker processes (default 0)")
     p.add_argument("--max-minutes", "--time-budget", type=positive_float, dest="max_minutes", metavar="MINUTES",
-                   help="wall-clock training budget: the epochs and the cosine schedule are fitted to it "
-                        "(recorded with the epochs reached and the hardware in RUN_DIR/run_info.json)")
+                   help="training budget in minutes: as many epochs as fit (re-planned after every epoch from "
+                        "the recent epochs' cost, validation counted apart), the cosine schedule fitted to them; "
+                        "the settings not given follow a recipe for minutes (50 steps per epoch, lr 2e-3, "
+                        "validation every epoch, patch at most 64x64x32; see docs/training.md); the budget used, "
+                        "the load and the hardware go to RUN_DIR/run_info.json")
     p.add_argument("--budget-clock", choices=("wall", "cpu"),
                    help="what --time-budget counts: wall-clock time (default) or this process's CPU time "
                         "(fair between runs on a shared, loaded machine)")
@@ -63,15 +72,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 OVERRIDABLE = ("model", "variant", "num_folds", "budget_clock", "preset", "epochs", "patch_size", "spacing",
-               "batch_size", "fold", "val_fraction", "iterations", "val_every", "lr", "device", "threads", "seed", "cache", "num_workers", "max_minutes", "amp", "progress",
+               "batch_size", "fold", "val_fraction", "iterations", "val_every", "lr", "device", "threads", "seed",
+               "cache", "num_workers", "max_minutes", "amp", "progress", "selection",
                "recipe", "split")
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    """A :class:`TrainConfig` from the arguments; with ``--resume`` the run's saved config fills the rest."""
+    """A :class:`TrainConfig` from the arguments; with ``--resume`` the run's saved config fills the rest.
+
+    A new run with ``--time-budget`` takes the settings not given from the budget recipe
+    (:mod:`veloxseg.training.budget_recipe`); the flags given always win.
+    """
     from ..errors import InputError
     from ..io import read_json_object
     from ..training import TrainConfig
+    from ..training.budget_recipe import budget_recipe
 
     base: dict[str, Any] = {"dataset": args.dataset, "output": args.output}
     saved = Path(args.output) / "config.json"
@@ -83,6 +98,10 @@ def build_config(args: argparse.Namespace) -> Any:
         value = getattr(args, key, None)
         if value is not None:
             base[key] = list(value) if isinstance(value, (list, tuple)) else value
+    if not args.resume and args.max_minutes is not None:
+        chosen = budget_recipe({key: getattr(args, key, None) for key in OVERRIDABLE})
+        base.update(chosen)
+        base["budget_recipe"] = chosen
     return TrainConfig.from_dict(base)
 
 
@@ -101,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
         trainer.close()
     if trainer.is_main:
         dice = summary["best_val_dice"]
-        best = "n/a" if dice is None else f"{dice:.4f} (epoch {summary['best_epoch']})"
-        print(f"done: {summary['epochs']} epochs in {summary['seconds']:.0f} s; best validation Dice {best}")
+        best = "n/a" if dice is None else f"epoch {summary['best_epoch']}, validation Dice {dice:.4f}"
+        print(f"done: {summary['epochs']} epochs ({summary['steps']} steps) in {summary['seconds']:.0f} s; "
+              f"selected {best} by {summary['selection']}")
         print(f"best checkpoint: {summary['best_checkpoint']}")
         print(f"last checkpoint: {summary['last_checkpoint']}")
     return 0

@@ -14,8 +14,10 @@ same for every model and a comparison measures the architecture only:
 Checkpoints record ``model_name`` (``"veloxseg"`` or the baseline's name), ``model_kwargs`` and,
 for variants, ``variant``; :data:`veloxseg.checkpoint.MODEL_BUILDERS` rebuilds every one of them, so
 ``veloxseg predict`` and ``veloxseg evaluate`` work unchanged. At the end of a run rank 0 writes
-``RUN_DIR/run_info.json``: model, variant, time budget, epochs reached, seconds (wall and process
-CPU), parameters and the hardware (CPU model, cores, threads, load, torch/monai versions).
+``RUN_DIR/run_info.json``: model, variant, time budget (and how much of it was used, with every
+plan), epochs and steps reached, seconds (wall and process CPU), the selection rule, parameters and
+the hardware (CPU model, cores, threads, load at the start and end, OpenMP wait policy,
+torch/monai versions).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import time
 from typing import Any
 
 from torch import nn
 
 from ..errors import InputError
+from .budget import cpu_seconds
 from .trainer import TrainConfig, Trainer
 
 #: every ``--model`` value
@@ -133,89 +135,56 @@ class ModelTrainer(Trainer):
             payload["variant"] = self.variant
         return payload
 
-    def validate(self) -> dict[str, float | None]:
-        """:meth:`Trainer.validate`, timing its CPU cost (kept in reserve by a CPU-time budget)."""
-        t = _cpu_seconds()
-        result = super().validate()
-        self._val_cpu = _cpu_seconds() - t
-        return result
-
-    def fit_time_budget(self, epoch: int) -> None:
-        """With ``budget_clock="cpu"`` the budget counts this process's CPU seconds, not wall-clock seconds.
-
-        On a shared machine a wall-clock budget gives each run whatever CPU the others leave it; a
-        CPU-time budget gives every run the same compute however loaded the machine is. Same rule as
-        :meth:`Trainer.fit_time_budget`: mean CPU per epoch (validations included, the first epoch
-        left out), a final validation kept in reserve, the run only ever shortened.
-        """
-        if self.config.budget_clock != "cpu":
-            super().fit_time_budget(epoch)
-            return
-        from . import distributed as dist_utils
-
-        now = _cpu_seconds()
-        self._cpu_marks.append(now)
-        elapsed = now - self._cpu_marks[0]
-        budget = float(self.config.max_minutes) * 60.0  # type: ignore[arg-type]
-        fit: int | None = None
-        if len(self._cpu_marks) >= 3 or elapsed >= budget:
-            steps = [b - a for a, b in zip(self._cpu_marks[1:], self._cpu_marks[2:])] or [elapsed]
-            per_epoch = max(sum(steps) / len(steps), 1e-6)
-            remaining = budget - elapsed - self._val_cpu
-            fit = min(self.epochs, epoch + 1 + max(0, int(remaining / per_epoch)))
-        fit = dist_utils.broadcast_object(fit)
-        if fit is None or fit == self.epochs:
-            return
-        self.epochs = fit
-        self.scheduler.lr_lambdas[0].epochs = fit  # type: ignore[attr-defined]
-        if self._bar is not None:
-            self._bar.total = self.epochs * len(self.train_loader)
-
     def run_training(self, stop_after: int | None = None) -> dict[str, Any]:
         """:meth:`Trainer.run_training`, then ``run_info.json`` (budget, epochs reached, hardware)."""
         if self.config.budget_clock not in ("wall", "cpu"):
             raise InputError(f"budget_clock must be wall or cpu, got {self.config.budget_clock!r}")
         if not self.initialized:
             self.initialize()
-        cpu0 = _cpu_seconds()
+        cpu0 = cpu_seconds()
         load0 = _load()
-        self._cpu_marks = [cpu0]
-        self._val_cpu = 0.0
         summary = super().run_training(stop_after=stop_after)
         if self.is_main:
-            self.write_run_info(summary, _cpu_seconds() - cpu0, load0)
+            self.write_run_info(summary, cpu_seconds() - cpu0, load0)
         return summary
 
-    def write_run_info(self, summary: dict[str, Any], cpu_seconds: float, load_start: Any) -> None:
-        """``RUN_DIR/run_info.json``: what was trained, for how long, on what."""
+    def write_run_info(self, summary: dict[str, Any], cpu_used: float, load_start: Any) -> None:
+        """``RUN_DIR/run_info.json``: what was trained, for how long, on what, under which load."""
+        from ..runtime import omp_wait_policy
+
         c = self.config
         budget = c.max_minutes
+        budget_info = None
+        if budget is not None:
+            used = summary["budget_seconds_used"]
+            budget_info = {"seconds": budget * 60.0, "clock": c.budget_clock, "used_seconds": used,
+                           "used_fraction": round(used / (budget * 60.0), 3) if budget > 0 else None,
+                           "plans": list(self.budget.plans), "recipe": dict(c.budget_recipe)}
         info = {
             "model": self.model_name, "variant": self.variant,
             "parameters": sum(p.numel() for p in self.network.parameters()),
-            "time_budget_minutes": budget, "budget_clock": c.budget_clock, "epochs_max": c.epochs, "epochs_reached": summary["epochs"],
+            "time_budget_minutes": budget, "budget_clock": c.budget_clock, "epochs_max": c.epochs,
+            "epochs_reached": summary["epochs"], "steps": summary["steps"],
             "stopped_by_time_budget": bool(budget is not None and summary["epochs"] < c.epochs),
-            "iterations_per_epoch": len(self.train_loader), "batch_size": c.batch_size,
-            "crops_per_volume": c.num_samples,
-            "train_wall_seconds": summary["seconds"], "process_cpu_seconds": round(cpu_seconds, 1),
+            "budget": budget_info,
+            "iterations_per_epoch": self.steps_per_epoch(), "batch_size": c.batch_size,
+            "crops_per_volume": c.num_samples, "lr": c.lr,
+            "train_wall_seconds": summary["seconds"], "process_cpu_seconds": round(cpu_used, 1),
+            "selection": summary["selection"], "selection_score": summary["selection_score"],
             "best_val_dice": summary["best_val_dice"], "best_epoch": summary["best_epoch"],
             "last_val_dice": next((r["val_dice"] for r in reversed(self.history) if r.get("val_dice") is not None),
                                   None),
             "fold": c.fold, "num_folds": c.num_folds, "seed": c.seed, "patch_size": self.plan["patch_size"],
             "spacing": self.plan["spacing"], "processes": self.world_size, "device": str(self.device),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "hardware": {**hardware_info(), "load_average_at_start": load_start},
+            "hardware": {**hardware_info(), "load_average_at_start": load_start, "load_average_at_end": _load(),
+                         "omp_wait_policy": omp_wait_policy()},
         }
         (self.output / "run_info.json").write_text(json.dumps(info, indent=2))
         self.log(f"run info: {self.model_name}{' / ' + self.variant if self.variant else ''}, "
                  f"{summary['epochs']} epochs, budget {budget if budget is not None else 'none'} min ({c.budget_clock}), "
                  f"{info['process_cpu_seconds']:.0f} CPU s on {info['hardware']['cpu_model']} "
                  f"({info['hardware']['torch_threads']} thread(s))")
-
-
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def _load() -> list[float] | None:

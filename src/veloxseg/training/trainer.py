@@ -7,6 +7,11 @@ One object runs the whole job; every step is a method a subclass can override:
 :mod:`veloxseg.checkpoint`). Under ``torchrun`` the network is wrapped in
 ``DistributedDataParallel``, the training cases are sharded with a ``DistributedSampler``, the
 validation cases are split between ranks, metrics are summed over ranks and only rank 0 writes.
+
+With a time budget (``max_minutes``) the number of epochs is planned again after every epoch from
+the measured costs (:mod:`.budget`, rank 0 decides) and the learning rate follows the plan step by
+step (:mod:`.schedule`); ``checkpoint_best.pt`` holds the epoch the selection rule picks
+(:mod:`.selection`).
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ from .. import checkpoint as ckpt_io
 from ..errors import InputError, VeloxSegError
 from ..runtime import tune_allocator
 from . import distributed as dist_utils
+from . import selection as select
+from .budget import BudgetTracker
 from .logging import TensorBoardLogger, plot_curves, write_metrics_csv
 from .recipes import Recipe, get_recipe
-from .schedule import WarmupCosine, default_warmup
+from .schedule import WarmupCosine, apply_current_lr, default_warmup
 
 
 @dataclass
@@ -65,12 +72,15 @@ class TrainConfig:
     num_workers: int = 0
     iterations: int | None = None  # optimizer steps per epoch; None: one pass over the training cases
     progress: bool = True
-    max_minutes: float | None = None  # stop (and shorten the schedule) to fit this wall-clock budget
+    max_minutes: float | None = None  # time budget: the run (and its lr schedule) is fitted to it (budget.py)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     model: str = "veloxseg"  # or a MONAI baseline (veloxseg.baselines.BASELINES); see training.models
     variant: str | None = None  # an ablation variant of VeloxSeg (veloxseg.variants.VARIANTS)
     num_folds: int = 5  # folds of the k-fold split that ``fold`` picks from
-    budget_clock: str = "wall"  # max_minutes of wall-clock time, or "cpu": of this process's CPU time (ModelTrainer)
+    budget_clock: str = "wall"  # max_minutes of wall-clock time, or "cpu": of this process's CPU time
+    selection: str = "auto"  # checkpoint_best.pt: auto | ema | best | last (training.selection)
+    patch_voxels: int | None = None  # most voxels of a patch the plan chooses (None: data.plan's default)
+    budget_recipe: dict[str, Any] = field(default_factory=dict)  # what --time-budget chose (budget_recipe.py)
     recipe: str = "default"  # schedule, augmentation, clipping, precision: veloxseg.training.recipes ("authors")
     split: str = "veloxseg"  # "authors": their rule, sorted cases 60 % train / 20 % validation (data.split)
 
@@ -224,7 +234,8 @@ class Trainer:
         plan = None
         if self.is_main:
             fingerprint = compute_fingerprint(ds)
-            plan = make_plan(ds, fingerprint, spacing=spacing, patch_size=patch)
+            limit = {"budget": int(self.config.patch_voxels)} if self.config.patch_voxels else {}
+            plan = make_plan(ds, fingerprint, spacing=spacing, patch_size=patch, **limit)
         plan = dist_utils.broadcast_object(plan)
         return ds, plan
 
@@ -298,9 +309,9 @@ class Trainer:
             self.train_ds = PersistentDataset(train, transform, cache_dir=self.output / "cache")
         else:
             self.train_ds = Dataset(train, transform)
-        if self.config.iterations:
-            per_pass = max(1, math.ceil(len(train) / (self.config.batch_size * self.world_size)))
-            self.train_ds = RepeatDataset(self.train_ds, math.ceil(self.config.iterations / per_pass))
+        if self.config.iterations:  # enough repeats for `iterations` steps on every rank (train_epoch stops there)
+            needed = self.config.iterations * self.config.batch_size * self.world_size
+            self.train_ds = RepeatDataset(self.train_ds, math.ceil(needed / max(1, len(train))))
         self.sampler = DistributedSampler(self.train_ds, num_replicas=self.world_size, rank=self.rank,
                                           shuffle=True, seed=self.config.seed, drop_last=False)
         self.train_loader = DataLoader(self.train_ds, batch_size=self.config.batch_size, sampler=self.sampler,
@@ -454,14 +465,28 @@ class Trainer:
         return {"train_loss": float(parts.total.detach()), "seg_loss": float(parts.segmentation),
                 "rc_loss": float(parts.reconstruction), "sdkt_loss": float(parts.sdkt)}
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        """All steps of one epoch; losses averaged over steps and ranks."""
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps of a full epoch: ``iterations``, else one pass over the training cases."""
+        return min(len(self.train_loader), self.config.iterations or len(self.train_loader))
+
+    def train_epoch(self, epoch: int, steps: int | None = None) -> dict[str, float]:
+        """The steps of one epoch (``steps``, else :meth:`steps_per_epoch`); losses averaged over steps and ranks.
+
+        A run with a time budget steps its learning-rate schedule after every optimizer step.
+        """
         self._epoch = epoch
         self.on_epoch_start(epoch)
+        limit = self.steps_per_epoch() if steps is None else steps
+        cosine = self.cosine()
+        per_step = bool(cosine is not None and cosine.per_step)
         sums: dict[str, float] = {}
         n = 0
         for batch in self.train_loader:
+            if n >= limit:
+                break
             parts = self.train_step(batch)
+            if per_step:
+                self.scheduler.step()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
@@ -543,36 +568,80 @@ class Trainer:
         self.network.train()
 
     # ------------------------------------------------------------------ the loop
-    def fit_time_budget(self, epoch: int) -> None:
-        """With ``max_minutes``: fit the number of epochs (and the cosine schedule) to the time left.
+    def cosine(self) -> WarmupCosine | None:
+        """The :class:`WarmupCosine` behind the lr scheduler (None for another schedule)."""
+        fn = (getattr(self.scheduler, "lr_lambdas", None) or [None])[0]
+        return fn if isinstance(fn, WarmupCosine) else None
 
-        Uses the mean wall-clock time of the epochs so far (validations included; the first epoch,
-        which pays for warm-up, only while it is the only one) and keeps time for a final
-        validation. Called after every epoch; it only ever shortens the run, so the cosine does not
-        restart.
+    def start_budget(self) -> None:
+        """Before the first epoch of a budgeted run: count the lr schedule in steps, start the budget's clock.
+
+        The warm-up is ``warmup_epochs`` epochs (one when not given); a resumed run continues the
+        budget from what its epochs had used (``budget_seconds`` in the history).
         """
-        elapsed = time.time() - self._t0
-        fit: int | None = None
-        # the first epoch pays for warm-up: wait for a second measurement unless time is already up
-        if len(self._epoch_seconds) >= 2 or elapsed >= self.config.max_minutes * 60.0:  # type: ignore[operator]
-            times = self._epoch_seconds[1:] or self._epoch_seconds
-            per_epoch = sum(times) / len(times)
-            remaining = self.config.max_minutes * 60.0 - elapsed - self._last_val_seconds  # type: ignore[operator]
-            fit = min(self.epochs, epoch + 1 + max(0, int(remaining / per_epoch)))
-        fit = dist_utils.broadcast_object(fit)  # rank 0 decides: every rank stops after the same epoch
-        if fit is None:
+        c = self.config
+        steps = self.steps_per_epoch()
+        cosine = self.cosine()
+        if cosine is not None and not cosine.per_step:
+            if self.start_epoch:
+                raise InputError(f"{self.output}: this run was started without --time-budget; "
+                                 f"resume it without one")
+            cosine.to_steps(steps, steps * (c.warmup_epochs if c.warmup_epochs is not None else 1))
+            apply_current_lr(self.scheduler)
+        spent = next((float(r["budget_seconds"]) for r in reversed(self.history)
+                      if r.get("budget_seconds") is not None), 0.0)
+        self.budget = BudgetTracker(float(c.max_minutes), c.budget_clock, spent)  # type: ignore[arg-type]
+        self._next_steps = steps
+        self._planned_steps: int | None = None
+
+    def steps_done(self, epochs_done: int) -> int:
+        """Optimizer steps taken so far."""
+        cosine = self.cosine()
+        if cosine is not None and cosine.per_step:
+            return int(self.scheduler.last_epoch)
+        return epochs_done * self.steps_per_epoch()
+
+    def fit_time_budget(self, epoch: int, validating_now: bool = False) -> None:
+        """With ``max_minutes``: fit the rest of the run to the budget left (see :mod:`.budget`).
+
+        Called after every epoch's training steps; rank 0 decides and every rank follows. The plan
+        may grow as well as shrink (up to ``epochs``); the run ends when not even a shorter final
+        epoch fits, and the lr schedule is re-fitted to the new length without a jump.
+        """
+        c = self.config
+        plan = None
+        if self.is_main:
+            plan = self.budget.plan(epoch + 1, self.steps_done(epoch + 1), self.steps_per_epoch(), c.val_every,
+                                    bool(self.split["val"]), c.epochs, validating_now)
+        plan = dist_utils.broadcast_object(plan)
+        budget, spent = self.budget.budget, self.budget.spent()
+        if plan.next_steps == 0:
+            self.epochs = epoch + 1
+            if epoch + 1 < c.epochs:
+                self.log(f"time budget: {spent:.0f} of {budget:.0f} {c.budget_clock} s used; the next epoch "
+                         f"would not fit, so epoch {epoch + 1} is the last")
             return
-        if fit != self.epochs:
-            self.epochs = fit
-            sched: WarmupCosine = self.scheduler.lr_lambdas[0]  # type: ignore[assignment]
-            sched.epochs = self.epochs
-            if self._bar is not None:
-                self._bar.total = self.epochs * len(self.train_loader)
+        before = self._planned_steps
+        self.epochs, self._next_steps, self._planned_steps = plan.total_epochs, plan.next_steps, plan.total_steps
+        cosine = self.cosine()
+        if cosine is not None and cosine.per_step:
+            cosine.refit(int(self.scheduler.last_epoch), plan.total_steps)
+        if self._bar is not None:
+            self._bar.total = plan.total_steps
+        if before is None or abs(plan.total_steps - before) > 0.1 * before:
+            self.budget.plans.append({"after_epoch": epoch + 1, "spent_seconds": round(spent, 1),
+                                      "step_seconds": round(self.budget.step_cost(), 4),
+                                      "validation_seconds": round(self.budget.val_cost(), 3),
+                                      "planned_epochs": plan.total_epochs, "planned_steps": plan.total_steps})
+            self.log(f"time budget: {spent:.0f} of {budget:.0f} {c.budget_clock} s used; a step costs "
+                     f"{self.budget.step_cost():.3g} s, a validation {self.budget.val_cost():.3g} s: planned "
+                     f"{plan.total_epochs} epochs ({plan.total_steps} steps)")
 
     def run_training(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Train from ``start_epoch`` to ``epochs``; ``stop_after`` ends early after that epoch (for tests).
+        """Train from ``start_epoch`` to ``epochs`` (or as far as the time budget goes).
 
-        Returns a summary: epochs done, best validation Dice and its epoch, checkpoint paths.
+        ``stop_after`` ends early after that epoch (for tests). Returns a summary: epochs done,
+        the selected epoch and its validation Dice, the selection rule, checkpoint paths.
         """
         from tqdm.auto import tqdm
 
@@ -580,33 +649,55 @@ class Trainer:
             self.initialize()
         c = self.config
         self.epochs = c.epochs
-        if c.max_minutes is None:  # e.g. a resumed run given a new --epochs
-            self.scheduler.lr_lambdas[0].epochs = c.epochs  # type: ignore[attr-defined]
+        budgeted = c.max_minutes is not None
+        cosine = self.cosine()
+        if not budgeted and cosine is not None:  # e.g. a resumed run given a new --epochs
+            cosine.epochs = c.epochs
+        steps = self.steps_per_epoch()
+        self.selection = select.resolve_rule(c.selection, len(self.split["val"]))
+        if budgeted:
+            self.start_budget()
+        per_step = bool(self.cosine() is not None and self.cosine().per_step)  # type: ignore[union-attr]
         self._t0 = time.time()
-        self._last_val_seconds = 0.0
-        self._epoch_seconds: list[float] = []
-        steps = len(self.train_loader)
-        self._bar = tqdm(total=self.epochs * steps, initial=self.start_epoch * steps, unit="step",
-                         dynamic_ncols=True, disable=not self.progress_enabled(), leave=True) \
-            if self.progress_enabled() else None
+        self._bar = tqdm(total=None if budgeted else self.epochs * steps,
+                         initial=self.steps_done(self.start_epoch), unit="step", dynamic_ncols=True,
+                         disable=not self.progress_enabled(), leave=True) if self.progress_enabled() else None
+        length = (f"{steps} steps per epoch for {c.max_minutes:g} min of {c.budget_clock} time "
+                  f"(at most {c.epochs} epochs)" if budgeted else f"epochs {self.start_epoch}->{self.epochs}")
         self.log(f"training {len(self.split['train'])} cases, validating {len(self.split['val'])}; "
                  f"patch {self.plan['patch_size']} at spacing {self.plan['spacing']} mm; "
-                 f"{self.world_size} process(es) on {self.device}; epochs {self.start_epoch}->{self.epochs}")
+                 f"{self.world_size} process(es) on {self.device}; {length}")
+        if c.budget_recipe:
+            chosen = ", ".join(f"{k} {v}" for k, v in c.budget_recipe.items())
+            self.log(f"time-budget recipe (chosen automatically; the flags given win): {chosen}")
+        self.log(f"checkpoint_best.pt: {select.describe(self.selection, len(self.split['val']))}")
         epoch = self.start_epoch
+        mark: float | None = None  # the budget clock when the previous epoch's measured work ended
         try:
             while epoch < self.epochs:
+                n_steps = self._next_steps if budgeted else steps
+                if budgeted and mark is not None:
+                    self.budget.record_epoch_rest(self.budget.now() - mark)
                 t = time.time()
                 row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
-                row.update(self.train_epoch(epoch))
-                self.scheduler.step()
-                if c.max_minutes is not None:
-                    self._epoch_seconds.append(time.time() - t + self._last_val_seconds / max(1, c.val_every))
-                    self.fit_time_budget(epoch)
+                b0 = self.budget.now() if budgeted else 0.0
+                row.update(self.train_epoch(epoch, n_steps))
+                if not per_step:
+                    self.scheduler.step()
+                regular_val = bool(self.split["val"]) and (epoch + 1) % c.val_every == 0
+                if budgeted:
+                    self.budget.record_train(self.budget.now() - b0, n_steps)
+                    self.fit_time_budget(epoch, regular_val)
                 last = epoch + 1 >= self.epochs or (stop_after is not None and epoch + 1 >= stop_after)
-                if self.split["val"] and ((epoch + 1) % c.val_every == 0 or epoch + 1 >= self.epochs):
-                    tv = time.time()
+                if self.split["val"] and (regular_val or epoch + 1 >= self.epochs):
+                    bv = self.budget.now() if budgeted else 0.0
                     row.update(self.validate())
-                    self._last_val_seconds = time.time() - tv
+                    if budgeted:
+                        self.budget.record_validation(self.budget.now() - bv)
+                if budgeted:
+                    row["steps"] = n_steps
+                    row["budget_seconds"] = round(self.budget.spent(), 3)
+                    mark = self.budget.now()
                 row["epoch_time"] = round(time.time() - t, 3)
                 self.on_epoch_end(epoch, row)
                 epoch += 1
@@ -618,31 +709,56 @@ class Trainer:
                 self._bar = None
         if self.is_main and (not self.split["val"] or not (self.output / "checkpoint_best.pt").exists()):
             self.save_best(epoch, {"val_dice": None, "note": "no validation: final weights"})
+        if budgeted:
+            used = self.budget.spent()
+            self.log(f"time budget: used {used:.0f} of {self.budget.budget:.0f} {c.budget_clock} s "
+                     f"({100 * used / max(self.budget.budget, 1e-9):.0f} %) in {epoch} epochs, "
+                     f"{self.steps_done(epoch)} steps")
         dist_utils.barrier()
         if self.is_main and hasattr(self, "tb"):
             self.tb.close()
-        return {"epochs": epoch, "best_val_dice": self.best_metric, "best_epoch": self.best_epoch,
+        selected = next((r for r in self.history if r["epoch"] == self.best_epoch), {})
+        return {"epochs": epoch, "steps": self.steps_done(epoch), "best_val_dice": selected.get("val_dice"),
+                "best_epoch": self.best_epoch, "selection": select.describe(self.selection, len(self.split["val"])),
+                "selection_score": self.best_metric,
+                "budget_seconds_used": round(self.budget.spent(), 1) if budgeted else None,
                 "best_checkpoint": str(self.output / "checkpoint_best.pt"),
                 "last_checkpoint": str(self.output / "checkpoint_last.pt"),
                 "seconds": round(time.time() - self._t0, 1)}
 
+    def selection_score(self, row: dict[str, Any]) -> float | None:
+        """What :attr:`selection` ranks this epoch by (None: no validation); adds ``val_dice_ema`` to ``row``."""
+        dice = row.get("val_dice")
+        if dice is None:
+            return None
+        rule = getattr(self, "selection", "best")
+        if rule == "ema":
+            previous = next((r["val_dice_ema"] for r in reversed(self.history) if r.get("val_dice_ema") is not None),
+                            None)
+            row["val_dice_ema"] = select.ema_update(previous, dice)
+            return float(row["val_dice_ema"])
+        return float(dice)
+
     def on_epoch_end(self, epoch: int, row: dict[str, Any]) -> None:
-        """Record metrics, keep the best network, write CSV/TensorBoard/curves and the last checkpoint."""
+        """Record metrics, keep the selected network, write CSV/TensorBoard/curves and the last checkpoint."""
+        score = self.selection_score(row)
         self.history.append(row)
-        improved = row.get("val_dice") is not None and (self.best_metric is None or row["val_dice"] > self.best_metric)
+        improved = score is not None and (self.best_metric is None or score > self.best_metric
+                                          or getattr(self, "selection", "best") == "last")
         if improved:
-            self.best_metric, self.best_epoch = float(row["val_dice"]), epoch + 1
+            self.best_metric, self.best_epoch = score, epoch + 1
         if not self.is_main:
             return
         if improved:
-            self.save_best(epoch + 1, {k: v for k, v in row.items() if k.startswith("val_")})
+            self.save_best(epoch + 1, {**{k: v for k, v in row.items() if k.startswith("val_")},
+                                       "selection": select.describe(self.selection, len(self.split["val"]))})
         write_metrics_csv(self.output / "metrics.csv", self.history)
         self.tb.log(row)
         if "val_dice" in row:
             plot_curves(self.output / "curves.png", self.history)
             msg = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_") and v is not None)
             self.log(f"epoch {epoch + 1}/{self.epochs}: loss {row['train_loss']:.4f}, {msg or 'val_dice n/a'}"
-                     f" (best {self.best_metric if self.best_metric is not None else float('nan'):.4f}"
+                     f" (selected {self.best_metric if self.best_metric is not None else float('nan'):.4f}"
                      f" at epoch {self.best_epoch})")
         elif not self.progress_enabled():
             self.log(f"epoch {epoch + 1}/{self.epochs}: loss {row['train_loss']:.4f} lr {row['lr']:.2e} "
