@@ -173,9 +173,11 @@ def new_study_uids() -> tuple[str, str]:
 
 def write_pet_ct_study(folder: str | os.PathLike, ct_hu: np.ndarray, ct_affine: np.ndarray, pet_suv: np.ndarray,
                        pet_affine: np.ndarray, dose: PetDose | None = None, label: np.ndarray | None = None,
-                       label_names: Mapping[str, int] | None = None, patient_id: str = "PHANTOM-0001") -> Path:
-    """A PET/CT study: ``CT/`` (HU, intercept -1024), ``PET/`` (Bq/mL from SUV with ``dose``'s tags)
-    and, with ``label`` (on the CT grid), ``SEG/`` (a DICOM-SEG referencing the CT). Returns ``folder``."""
+                       label_names: Mapping[str, int] | None = None, patient_id: str = "PHANTOM-0001",
+                       pet_slope: float | None = None) -> Path:
+    """A PET/CT study: ``CT/`` (HU, intercept -1024), ``PET/`` (Bq/mL from SUV with ``dose``'s tags;
+    one RescaleSlope per slice unless ``pet_slope`` is given) and, with ``label`` (on the CT grid),
+    ``SEG/`` (a DICOM-SEG referencing the CT). Returns ``folder``."""
     from .seg import write_segmentation
     from .series import find_series, load_series
 
@@ -185,7 +187,8 @@ def write_pet_ct_study(folder: str | os.PathLike, ct_hu: np.ndarray, ct_affine: 
     write_series(folder / "CT", ct_hu, ct_affine, SeriesSpec("CT", study, frame, "CT 3mm", 2, intercept=-1024.0,
                                                              patient_id=patient_id))
     write_series(folder / "PET", np.asarray(pet_suv, dtype=np.float64) / dose.suv_factor(), pet_affine,
-                 SeriesSpec("PT", study, frame, "PET AC", 3, slope=None, units="BQML", pet=dose, patient_id=patient_id))
+                 SeriesSpec("PT", study, frame, "PET AC", 3, slope=pet_slope, units="BQML", pet=dose,
+                            patient_id=patient_id))
     if label is not None:
         ct = load_series(find_series(folder / "CT")[0])
         (folder / "SEG").mkdir(exist_ok=True)
