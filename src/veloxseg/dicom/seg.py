@@ -7,6 +7,7 @@ number; empty frames are left out. Viewers (3D Slicer, OHIF, ...) place it on th
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,11 +25,15 @@ SERIES_NUMBER = 9001
 
 
 def require_highdicom():
-    """The highdicom module, or a one-line error saying how to install the DICOM extra."""
+    """The highdicom module, or a one-line error saying how to install the DICOM extra.
+
+    highdicom logs every module it copies at INFO, with the study's UID: its logger is set to WARNING.
+    """
     try:
         import highdicom
     except ImportError:
         raise VeloxSegError("DICOM-SEG output needs highdicom: pip install 'veloxseg[dicom]'") from None
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     return highdicom
 
 

@@ -195,3 +195,25 @@ def write_pet_ct_study(folder: str | os.PathLike, ct_hu: np.ndarray, ct_affine: 
         write_segmentation(folder / "SEG" / "labels.dcm", np.asarray(label), ct.headers,
                            label_names or {"background": 0, "lesion": 1}, "reference labels")
     return folder
+
+
+def write_demo_studies(out: str | os.PathLike, cases: int = 4, seed: int = 0, test_cases: int = 0) -> Path:
+    """The demo phantoms (:mod:`veloxseg.data.demo`) as DICOM PET/CT studies (``veloxseg demo-data --dicom``).
+
+    ``train/study_NNN/`` hold CT, PET (Bq/mL with the SUV tags) and SEG (the lesions, a DICOM-SEG
+    on the CT); ``test/study_NNN/`` hold CT and PET only, their reference labels as NIfTI on the
+    CT grid in ``test_labels/study_NNN.nii.gz``. Returns ``out``.
+    """
+    from ..data.demo import make_case
+    from ..io import write_nifti
+
+    out = Path(out)
+    for i in range(cases + test_cases):
+        ct, pet, label, affine = make_case(seed * 100_003 + i)
+        name = f"study_{i:03d}"
+        train = i < cases
+        write_pet_ct_study(out / ("train" if train else "test") / name, ct, affine, pet, affine,
+                           label=label if train else None, patient_id=f"DEMO-{i:04d}")
+        if not train:
+            write_nifti(out / "test_labels" / f"{name}.nii.gz", label, affine, dtype=np.uint8)
+    return out
