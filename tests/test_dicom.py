@@ -323,3 +323,29 @@ def test_undecodable_compressed_data_names_the_plugin(tmp_path):
         ds.save_as(p, enforce_file_format=True)
     message = one_line_error(load_series, find_series(tmp_path / "ct")[0])
     assert "pip install pylibjpeg pylibjpeg-openjpeg" in message and "JPEG 2000" in message
+
+
+def test_invalid_patient_values_never_reach_the_console(tmp_path, capsys, caplog):
+    import logging
+
+    import pydicom
+
+    from veloxseg.dicom.seg import write_segmentation
+
+    write_ct(tmp_path / "ct", ct_values((8, 8, 4)), AXIAL)
+    for p in (tmp_path / "ct").iterdir():
+        ds = pydicom.dcmread(p)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pydicom warns as we write the invalid value
+            ds.PatientBirthDate = "19801399"  # not a date: pydicom and highdicom quote such values
+        ds.save_as(p)
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vol = load_series(find_series(tmp_path / "ct")[0])
+        message = one_line_error(write_segmentation, tmp_path / "seg.dcm", np.ones((8, 8, 4), np.uint8),
+                                 vol.headers, {"lesion": 1})
+    shown = message + " ".join(str(w.message) for w in caught) + capsys.readouterr().err + caplog.text
+    assert "cannot build a DICOM-SEG" in message and "CT_0001.dcm" in message
+    assert "19801399" not in shown and not (tmp_path / "seg.dcm").exists()

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError, VeloxSegError
 from ..io import atomic_path
+from .series import quiet_pydicom
 
 #: display colours (RGB) of labels 1, 2, 3, ... (repeating): red, green, blue, yellow, cyan, magenta, orange
 LABEL_COLOURS: tuple[tuple[int, int, int], ...] = (
@@ -48,6 +49,7 @@ def segment_labels(labels: Mapping[str, int]) -> list[tuple[int, str]]:
     return out or [(1, "foreground")]
 
 
+@quiet_pydicom
 def build_segmentation(labels: np.ndarray, source_headers: Sequence[Any], label_names: Mapping[str, int],
                        description: str = "VeloxSeg segmentation", software_version: str = "") -> Any:
     """A ``highdicom.seg.Segmentation`` of ``labels`` (``(columns, rows, slices)`` on the source grid).
@@ -57,7 +59,6 @@ def build_segmentation(labels: np.ndarray, source_headers: Sequence[Any], label_
     """
     hd = require_highdicom()
     from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
     labels = np.asarray(labels)
     rows, cols = int(source_headers[0].Rows), int(source_headers[0].Columns)
@@ -79,6 +80,21 @@ def build_segmentation(labels: np.ndarray, source_headers: Sequence[Any], label_
             algorithm_identification=algorithm, display_color=hd.color.CIELabColor.from_rgb(*label_colour(value)))
         for number, (value, name) in enumerate(segments, start=1)
     ]
+    try:
+        return _segmentation(hd, source_headers, masks, descriptions, description, software_version)
+    except (ValueError, TypeError, AttributeError, KeyError) as err:
+        # highdicom validates the patient/study attributes it copies; its message may quote one
+        where = getattr(source_headers[0], "filename", None) or "the source series"
+        raise InputError(f"{where}: cannot build a DICOM-SEG from the source series' headers "
+                         f"({type(err).__name__}: an invalid or missing attribute, such as a malformed date)") from None
+
+
+def _segmentation(hd: Any, source_headers: Sequence[Any], masks: np.ndarray, descriptions: list, description: str,
+                  software_version: str) -> Any:
+    from pydicom.uid import generate_uid
+
+    from .. import __version__
+
     return hd.seg.Segmentation(
         source_images=list(source_headers), pixel_array=masks, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=SERIES_NUMBER,
@@ -98,6 +114,7 @@ def write_segmentation(path: str | os.PathLike, labels: np.ndarray, source_heade
     return path
 
 
+@quiet_pydicom
 def read_segmentation_labels(path: str | os.PathLike, source_headers: Sequence[Any]) -> np.ndarray:
     """A DICOM-SEG read back as a label map on its source series' grid ``(columns, rows, slices)``.
 

@@ -23,12 +23,14 @@ SeriesDescription (or SeriesInstanceUID), never by a patient-identifying value.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -48,6 +50,7 @@ TILT_TOLERANCE_MM = 0.01
 #: modalities whose series are images we can stack; SEG/RTSTRUCT/SR etc. are found but not stacked
 IMAGE_MODALITIES: tuple[str, ...] = ("CT", "PT", "MR", "NM")
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def require_pydicom():
@@ -57,6 +60,29 @@ def require_pydicom():
     except ImportError:
         raise VeloxSegError("DICOM input needs pydicom and highdicom: pip install 'veloxseg[dicom]'") from None
     return pydicom
+
+
+def quiet_pydicom(func: F) -> F:
+    """Run ``func`` with pydicom's value warnings silenced (UserWarnings and its logger, below ERROR).
+
+    pydicom warns about an invalid value by quoting it, and the value may be a patient's name or
+    birth date: no such value may reach the console. Problems we care about are checked explicitly.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logger = logging.getLogger("pydicom")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\..*)?$")
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"highdicom(\..*)?$")
+                return func(*args, **kwargs)
+        finally:
+            logger.setLevel(level)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -136,6 +162,7 @@ def _multi(value: Any) -> tuple[str, ...]:
     return (str(value).upper(),) if isinstance(value, str) else tuple(str(v).upper() for v in value)
 
 
+@quiet_pydicom
 def find_series(folder: str | os.PathLike) -> list[SeriesRef]:
     """Every DICOM series under ``folder`` (recursively), grouped by SeriesInstanceUID, sorted by folder.
 
@@ -306,6 +333,7 @@ def slice_geometry(headers: Sequence[Any], series: SeriesRef) -> SliceGeometry:
     return SliceGeometry(order, affine)
 
 
+@quiet_pydicom
 def load_series(series: SeriesRef) -> Volume:
     """Read, sort, check and stack ``series`` into a :class:`Volume` (Modality LUT applied)."""
     pydicom = require_pydicom()

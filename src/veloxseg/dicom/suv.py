@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .series import SeriesRef, Volume
+from .series import SeriesRef, Volume, quiet_pydicom
 
 PHILIPS_CREATOR = "Philips PET Private Group"
 #: Philips private elements (group 0x7053, offsets in the private block)
@@ -143,6 +143,7 @@ def injection_time(radiopharm: Any, headers: Sequence[Any], scan: dt.datetime, s
     return inj - dt.timedelta(days=1) if inj > scan else inj
 
 
+@quiet_pydicom
 def suv_conversion(volume: Volume) -> SuvConversion:
     """The per-slice factors that turn ``volume`` (a PET series, Modality LUT applied) into SUVbw."""
     series, headers = volume.series, volume.headers
