@@ -349,3 +349,14 @@ def test_invalid_patient_values_never_reach_the_console(tmp_path, capsys, caplog
     shown = message + " ".join(str(w.message) for w in caught) + capsys.readouterr().err + caplog.text
     assert "cannot build a DICOM-SEG" in message and "CT_0001.dcm" in message
     assert "19801399" not in shown and not (tmp_path / "seg.dcm").exists()
+
+
+def test_model_trained_on_bqml_keeps_pet_in_bqml(tmp_path):
+    uids = new_study_uids()
+    write_ct(tmp_path / "s" / "CT", ct_values((8, 8, 4)), AXIAL, uids=uids)
+    dose = write_pet(tmp_path / "s" / "PET", np.full((8, 8, 4), 2.0), AXIAL, uids=uids)
+    (study,) = find_studies(tmp_path / "s")
+    series = match_channels(study.series, ["CT", "PET"], study.folder)
+    pet = load_channels(series, ["CT", "PET"], pet_units="BQML").volumes[1]
+    assert pet.units == "BQML" and np.allclose(pet.array, 2.0 / dose.suv_factor(), rtol=1e-4)
+    assert "PET units 'SUL'" in one_line_error(load_channels, series, ["CT", "PET"], "SUL")

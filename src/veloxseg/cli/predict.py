@@ -11,9 +11,11 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``predict`` sub-command."""
     p = sub.add_parser(
-        "predict", help="segment NIfTI cases (a folder <case>_0000.nii.gz ... or one case's channel files)",
+        "predict", help="segment NIfTI cases (a folder <case>_0000.nii.gz ... or one case's channel files) or DICOM "
+                        "studies",
         description="Segment new cases with the preprocessing stored in the checkpoint; writes <case>.nii.gz "
-                    "(uint8, exactly the input's shape and affine) into OUTPUT_DIR.")
+                    "(uint8, exactly the input's shape and affine; for DICOM input the CT's grid) into OUTPUT_DIR, "
+                    "and with --output-type/--stats a DICOM-SEG and lesion statistics.")
     p.add_argument("-m", "--model", required=True, type=Path,
                    help="checkpoint (.pt from veloxseg train) or exported model (veloxseg export)")
     p.add_argument("-i", "--input", required=True, nargs="+",
