@@ -56,6 +56,7 @@ def convert_case(name: str, series: Sequence[SeriesRef], channel_names: Sequence
     """Read ``series`` (one per channel) and write them as ``workdir/<name>/<name>_XXXX.nii``."""
     from ..io import write_nifti
 
+    log.info("%s: reading %s", name, "; ".join(f"{c}: {s.label}" for c, s in zip(channel_names, series)))
     loaded = load_channels(series, channel_names, pet_units)
     folder = workdir / name
     paths = []

@@ -343,7 +343,7 @@ def load_series(series: SeriesRef) -> Volume:
     datasets = []
     for path in series.files:
         try:
-            ds = pydicom.dcmread(str(path))
+            ds = pydicom.dcmread(str(path), defer_size="64 KB")  # pixel data read when decoded
         except Exception as err:
             raise InputError(f"{series.label}: {path.name} is not a readable DICOM file ({type(err).__name__})") from None
         frames = int(ds.get("NumberOfFrames", 1) or 1)
