@@ -116,3 +116,38 @@ def test_unreadable_prediction_is_an_error(tmp_path):
 def test_missing_folder_is_an_error(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(tmp_path)]) == 1
     assert "nope: folder does not exist" in capsys.readouterr().err
+
+
+def test_autopet_fp_fn_volumes_and_lesion_detection():
+    spacing = (2.0, 1.0, 1.5)  # 3 mm^3 = 0.003 mL per voxel
+    ref = _cube((20, 20, 20), (2, 2, 2), 3)  # lesion A (27 voxels), found
+    ref |= _cube((20, 20, 20), (12, 12, 12), 2)  # lesion B (8 voxels), missed entirely
+    ref |= _cube((20, 20, 20), (2, 12, 2), 4)  # lesion C (64 voxels), one voxel predicted
+    pred = _cube((20, 20, 20), (2, 2, 2), 3)  # A
+    pred[2, 12, 2] = 1  # one voxel of C
+    pred |= _cube((20, 20, 20), (15, 2, 15), 2)  # a false positive lesion (8 voxels)
+    (s,) = score_case(pred, ref, [1], spacing)
+    assert s.fp_volume_ml == pytest.approx(8 * 0.003) and s.fn_volume_ml == pytest.approx(8 * 0.003)
+    assert (s.lesions_tp, s.lesions_fp, s.lesions_fn) == (2, 1, 1)  # any voxel counts at overlap 0
+    (strict,) = score_case(pred, ref, [1], spacing, lesion_overlap=0.5)
+    assert (strict.lesions_tp, strict.lesions_fp, strict.lesions_fn) == (1, 1, 2)  # C: 1/64 is not > 0.5
+    assert strict.fp_volume_ml == s.fp_volume_ml  # FP/FN volumes do not depend on the threshold
+
+
+def test_cli_reports_lesion_metrics_and_the_hd95_convention(tmp_path, capsys):
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    _save(ref / "a.nii.gz", _cube() | _cube(lo=(10, 10, 10), size=3))
+    _save(pred / "a.nii.gz", _cube())
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--json", str(tmp_path / "e.json"),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "FN vol mL" in out and "lesion overlap > 0" in out
+    info = json.loads((tmp_path / "e.json").read_text())
+    lesions = info["summary"]["per_label"]["1"]["lesions"]
+    assert lesions == {"tp": 1, "fp": 0, "fn": 1, "sensitivity": 0.5, "precision": 1.0, "f1": pytest.approx(2 / 3)}
+    assert info["summary"]["per_label"]["1"]["fn_volume_ml"]["mean"] == pytest.approx(27 * 3.0 / 1000)
+    row = next(csv.DictReader(open(pred / "evaluation.csv")))
+    assert row["lesions_fn"] == "1" and float(row["fp_volume_ml"]) == 0.0
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "larger of the two directed 95th percentiles" in " ".join(capsys.readouterr().out.split())

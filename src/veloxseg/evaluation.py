@@ -1,6 +1,21 @@
-"""Dice and 95 % Hausdorff distance (mm) of predicted label maps against references.
+"""Dice, 95 % Hausdorff distance (mm) and the autoPET lesion metrics of predicted label maps against
+references.
 
-Conventions (nnU-Net's, see docs/prediction.md):
+HD95 convention: MONAI's ``HausdorffDistanceMetric(percentile=95)``: the distances (mm) from each
+surface voxel of one mask to the nearest surface voxel of the other, in both directions; the 95th
+percentile of each direction, and the larger of the two. (medpy's ``hd95`` pools both directions
+into one percentile instead, which is up to ~12 % lower on real cases.)
+
+autoPET metrics, per label, with lesions the 26-connected components of a mask:
+
+- false-positive volume (mL): the predicted lesions that touch no reference voxel of the label;
+- false-negative volume (mL): the reference lesions that touch no predicted voxel of the label;
+- lesion-wise detection: a reference lesion is detected (TP) when more than ``lesion_overlap`` of
+  its voxels (default 0: at least one voxel) are predicted as the label, else it is missed (FN); a
+  predicted lesion with no more than ``lesion_overlap`` of its voxels inside the reference is a
+  false positive (FP). The summary pools TP/FP/FN over the cases (sensitivity, precision, F1).
+
+Conventions for Dice and HD95 (nnU-Net's, see docs/prediction.md):
 
 - Dice of a class that is empty in both the reference and the prediction is undefined (NaN) and
   left out of the means; empty in exactly one of them gives Dice 0.
@@ -31,6 +46,8 @@ log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 AFFINE_TOLERANCE = 1e-4
+#: a reference lesion is detected when more than this fraction of its voxels is predicted (0: any voxel)
+LESION_OVERLAP = 0.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,11 @@ class ClassScore:
     hd95_mm: float
     reference_voxels: int
     predicted_voxels: int
+    fp_volume_ml: float = math.nan
+    fn_volume_ml: float = math.nan
+    lesions_tp: int = 0
+    lesions_fp: int = 0
+    lesions_fn: int = 0
 
 
 @dataclass
@@ -93,9 +115,41 @@ def _load_label(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     return data.astype(np.int64), affine, header.spacing
 
 
+@dataclass(frozen=True)
+class LesionScore:
+    """autoPET's lesion metrics of one label in one case (see the module doc)."""
+
+    fp_volume_ml: float
+    fn_volume_ml: float
+    tp: int
+    fp: int
+    fn: int
+
+
+def lesion_scores(pred: np.ndarray, ref: np.ndarray, voxel_ml: float, overlap: float = LESION_OVERLAP) -> LesionScore:
+    """False-positive/negative volumes (mL) and lesion-wise TP/FP/FN of two binary masks (26-connectivity)."""
+    from scipy.ndimage import label as connected
+
+    from .lesions import CONNECTIVITY
+
+    pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
+
+    def fractions(mask: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        components, n = connected(mask, structure=CONNECTIVITY)
+        sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+        inside = np.bincount(components[other].ravel(), minlength=n + 1)[1:]
+        return sizes, inside / np.maximum(sizes, 1)
+
+    p_sizes, p_in = fractions(pred, ref)
+    r_sizes, r_in = fractions(ref, pred)
+    return LesionScore(fp_volume_ml=float(p_sizes[p_in == 0].sum()) * voxel_ml,
+                       fn_volume_ml=float(r_sizes[r_in == 0].sum()) * voxel_ml,
+                       tp=int((r_in > overlap).sum()), fp=int((p_in <= overlap).sum()), fn=int((r_in <= overlap).sum()))
+
+
 def score_case(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], spacing: Sequence[float],
-               case: str = "") -> list[ClassScore]:
-    """Dice and HD95 (mm) of each label in one case, with nnU-Net's conventions for empty classes."""
+               case: str = "", lesion_overlap: float = LESION_OVERLAP) -> list[ClassScore]:
+    """Dice, HD95 (mm) and the autoPET lesion metrics of each label in one case (see the module doc)."""
     import torch
     from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
@@ -119,7 +173,9 @@ def score_case(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], spacing
                 hd95 = float(hd_metric(tp, tr, spacing=list(spacing)).item())
             dice_metric.reset()
             hd_metric.reset()
-        scores.append(ClassScore(case, int(label), dice, hd95, n_r, n_p))
+        lesions = lesion_scores(p, r, float(np.prod([float(v) for v in spacing])) / 1000.0, lesion_overlap)
+        scores.append(ClassScore(case, int(label), dice, hd95, n_r, n_p, lesions.fp_volume_ml, lesions.fn_volume_ml,
+                                 lesions.tp, lesions.fp, lesions.fn))
     return scores
 
 
@@ -130,7 +186,7 @@ def summarize(scores: Iterable[ClassScore], labels: Sequence[int]) -> dict[str, 
     for label in labels:
         rows = [s for s in scores if s.label == label]
         entry: dict[str, Any] = {}
-        for key in ("dice", "hd95_mm"):
+        for key in ("dice", "hd95_mm", "fp_volume_ml", "fn_volume_ml"):
             values = np.array([getattr(s, key) for s in rows], dtype=float)
             defined = values[np.isfinite(values)]
             entry[key] = {
@@ -138,6 +194,11 @@ def summarize(scores: Iterable[ClassScore], labels: Sequence[int]) -> dict[str, 
                 "median": float(np.median(defined)) if defined.size else math.nan,
                 "n": int(defined.size),
             }
+        tp, fp, fn = (sum(getattr(s, f"lesions_{k}") for s in rows) for k in ("tp", "fp", "fn"))
+        entry["lesions"] = {"tp": tp, "fp": fp, "fn": fn,
+                            "sensitivity": tp / (tp + fn) if tp + fn else math.nan,
+                            "precision": tp / (tp + fp) if tp + fp else math.nan,
+                            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan}
         summary["per_label"][str(label)] = entry
     for key in ("dice", "hd95_mm"):
         means = [e[key]["mean"] for e in summary["per_label"].values() if np.isfinite(e[key]["mean"])]
@@ -161,7 +222,8 @@ def _labels_from_dataset_json(ref_dir: Path) -> list[int] | None:
 
 def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, labels: Sequence[int] | None = None,
                      csv_path: str | os.PathLike | None = None, json_path: str | os.PathLike | None = None,
-                     progress: bool = False, allow_missing: bool = False) -> Evaluation:
+                     progress: bool = False, allow_missing: bool = False,
+                     lesion_overlap: float = LESION_OVERLAP) -> Evaluation:
     """Score every prediction in ``pred_dir`` against the same-named reference in ``ref_dir``.
 
     ``labels`` default to the non-zero labels of a ``dataset.json`` beside the references, else to
@@ -209,11 +271,12 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
         if not np.allclose(pred_affine, ref_affine, atol=AFFINE_TOLERANCE, rtol=0):
             raise InputError(f"{preds[case]}: affine differs from the reference's ({refs[case]}); "
                              f"predictions must be on the reference's grid")
-        scores.extend(score_case(pred, ref, labels, spacing, case))
+        scores.extend(score_case(pred, ref, labels, spacing, case, lesion_overlap))
     for case in unmatched:  # only with allow_missing
         ref, _, spacing = _load_label(refs[case])
-        scores.extend(score_case(np.zeros_like(ref), ref, labels, spacing, case))
+        scores.extend(score_case(np.zeros_like(ref), ref, labels, spacing, case, lesion_overlap))
     result = Evaluation(scores, summarize(scores, labels), unmatched)
+    result.summary["lesion_overlap"] = float(lesion_overlap)
     if csv_path is not None:
         write_csv(scores, csv_path)
     if json_path is not None:
@@ -222,14 +285,17 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
 
 
 def write_csv(scores: Sequence[ClassScore], path: str | os.PathLike) -> None:
-    """One row per case and label: case, label, dice, hd95_mm, reference_voxels, predicted_voxels."""
+    """One row per case and label: case, label, dice, hd95_mm, reference_voxels, predicted_voxels, then
+    fp_volume_ml, fn_volume_ml, lesions_tp, lesions_fp, lesions_fn."""
     import io
 
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["case", "label", "dice", "hd95_mm", "reference_voxels", "predicted_voxels"])
+    writer.writerow(["case", "label", "dice", "hd95_mm", "reference_voxels", "predicted_voxels", "fp_volume_ml",
+                     "fn_volume_ml", "lesions_tp", "lesions_fp", "lesions_fn"])
     for s in scores:
-        writer.writerow([s.case, s.label, _fmt(s.dice), _fmt(s.hd95_mm), s.reference_voxels, s.predicted_voxels])
+        writer.writerow([s.case, s.label, _fmt(s.dice), _fmt(s.hd95_mm), s.reference_voxels, s.predicted_voxels,
+                         _fmt(s.fp_volume_ml), _fmt(s.fn_volume_ml), s.lesions_tp, s.lesions_fp, s.lesions_fn])
     atomic_write_text(path, buf.getvalue())
 
 

@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "demo",
     "demo_data",
+    "dataset_from_dicom",
     "predict",
     "evaluate",
     "export",

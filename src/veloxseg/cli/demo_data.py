@@ -14,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cases", type=int, default=20, help="training cases (default 20)")
     p.add_argument("--test-cases", type=int, default=0, help="extra held-out cases in imagesTs/labelsTs (default 0)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--dicom", action="store_true",
+                   help="write DICOM studies instead: train/study_NNN/{CT,PET,SEG}, test/study_NNN/{CT,PET} and "
+                        "test_labels/study_NNN.nii.gz (PET in Bq/mL with the SUV tags; needs the dicom extra)")
     p.set_defaults(func=run)
 
 
@@ -24,6 +27,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cases < 1 or args.test_cases < 0:
         raise InputError("--cases must be at least 1 and --test-cases at least 0")
+    if args.dicom:
+        from ..dicom.synthetic import write_demo_studies
+
+        out = write_demo_studies(args.output, cases=args.cases, seed=args.seed, test_cases=args.test_cases)
+        print(f"wrote {args.cases} labelled and {args.test_cases} test DICOM studies to {out}")
+        return 0
     out = write_demo_dataset(args.output, cases=args.cases, seed=args.seed, test_cases=args.test_cases)
     print(f"wrote {args.cases} training and {args.test_cases} test cases to {out}")
     return 0

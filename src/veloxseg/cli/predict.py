@@ -1,10 +1,11 @@
-"""``veloxseg predict``: segment raw NIfTI cases with a checkpoint or an exported model."""
+"""``veloxseg predict``: segment raw NIfTI or DICOM cases with a checkpoint or an exported model."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 from .args import positive_int
@@ -13,13 +14,17 @@ from .args import positive_int
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``predict`` sub-command."""
     p = sub.add_parser(
-        "predict", help="segment NIfTI cases (a folder <case>_0000.nii.gz ... or one case's channel files)",
+        "predict", help="segment NIfTI cases (a folder <case>_0000.nii.gz ... or one case's channel files) or DICOM "
+                        "studies",
         description="Segment new cases with the preprocessing stored in the checkpoint; writes <case>.nii.gz "
-                    "(uint8, exactly the input's shape and affine) into OUTPUT_DIR.")
+                    "(uint8, exactly the input's shape and affine; for DICOM input the CT's grid) into OUTPUT_DIR, "
+                    "and with --output-type/--stats a DICOM-SEG and lesion statistics.")
     p.add_argument("-m", "--model", required=True, type=Path,
                    help="checkpoint (.pt from veloxseg train) or exported model (veloxseg export)")
     p.add_argument("-i", "--input", required=True, nargs="+",
-                   help="folder of <case>_<XXXX>.nii.gz files, or one case: one file per channel, training order")
+                   help="folder of <case>_<XXXX>.nii.gz files, or one case: one file per channel, training order; "
+                        "or DICOM: a study folder (one series per modality, sub-folders allowed; a folder of "
+                        "several studies gives one case each), or one series folder per channel, training order")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
                    help="cpu, cuda or auto (cuda when available) (default: cpu)")
@@ -43,12 +48,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace files in OUTPUT_DIR that veloxseg predict did not write (by default it refuses)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    p.set_defaults(func=run)
+    p.add_argument("--output-type", choices=("nifti", "dicom-seg", "both"), default="nifti",
+                   help="nifti: <case>.nii.gz; dicom-seg: <case>_seg.dcm, a DICOM-SEG referencing the source series "
+                        "(DICOM input only); both (default: nifti)")
+    p.add_argument("--stats", action="store_true",
+                   help="also write <case>_stats.json: per label volume (mL) and lesions (26-connected components); "
+                        "with a PET channel SUVmax/SUVmean per lesion and in total, TMTV and TLG")
+    p.set_defaults(func=run_with_workdir)
+
+
+def run_with_workdir(args: argparse.Namespace) -> int:
+    """:func:`run` with a temporary folder for converted DICOM input, removed when the run ends."""
+    with tempfile.TemporaryDirectory(prefix="veloxseg-predict-") as work:
+        args.dicom_workdir = Path(work)
+        return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
     """Predict ``args.input`` into ``args.output``."""
     from ..inference import Predictor, predict_cases, resolve_input, select_part
+    from ..inference.reports import ReportRun
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
     if args.threads is not None and args.threads < 1:
@@ -58,16 +77,22 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.model, device=args.device, engine=args.engine, threads=args.threads,
                                           overlap=args.overlap, tta=args.tta, sw_batch_size=args.sw_batch_size,
                                           window_progress=not args.quiet, tune_memory=True)
-    cases = resolve_input(args.input, predictor.model.channel_names)
+    pet_units = str(predictor.model.plan.get("pet_units", "SUVbw"))
+    cases = resolve_input(args.input, predictor.model.channel_names, getattr(args, "dicom_workdir", None), pet_units)
     mine = select_part(cases, args.num_parts, args.part_id)
+    reports = ReportRun(args.output, args.output_type, args.stats, getattr(args, "dicom_workdir", None), args.resume,
+                        pet_units, overwrite=args.overwrite)
+    mine = reports.select(mine)
     if not args.quiet:
         print(f"model: {predictor.describe()}")
         part = f" (part {args.part_id} of {args.num_parts})" if args.num_parts > 1 else ""
         print(f"{len(cases)} case(s) found, {len(mine)} in this run{part}")
-    summary = predict_cases(predictor, mine, args.output, args.save_probabilities, args.preview, args.resume,
+    summary = predict_cases(predictor, mine, reports.labels_dir, args.save_probabilities, args.preview, args.resume,
                             progress=not args.quiet, overwrite=args.overwrite)
+    reports.finish(summary.predicted, predictor.model, summary.skipped)
+    summary.output_dir = args.output
     if not args.quiet:
-        for line in summary.lines():
+        for line in summary.lines() + reports.lines():
             print(line)
     if summary.failed:
         failed = "; ".join(f"{k}: {v}" for k, v in summary.failed.items())

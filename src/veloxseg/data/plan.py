@@ -137,7 +137,9 @@ def make_plan(ds: Dataset, fingerprint: Mapping[str, Any], spacing: Sequence[flo
             normalization.append({"scheme": scheme})
     return {"channel_names": list(ds.channel_names), "labels": dict(ds.labels), "spacing": spacing,
             "patch_size": patch_size, "normalization": normalization, "crop_foreground": True,
-            "ct_body_threshold": CT_BODY_THRESHOLD, "fingerprint": dict(fingerprint)}
+            "ct_body_threshold": CT_BODY_THRESHOLD, "fingerprint": dict(fingerprint),
+            # what PET values the model learns from (veloxseg dataset-from-dicom records it); absent: SUVbw
+            **({"pet_units": str(ds.meta["pet_units"])} if "pet_units" in ds.meta else {})}
 
 
 def default_modalities(channel_names: Sequence[str]) -> list[int]:

@@ -154,11 +154,32 @@ class NormalizeChannelsd(MapTransform):
         return d
 
 
+def load_images(keys: Sequence[str]) -> LoadImaged:
+    """MONAI's ``LoadImaged`` for our NIfTI files.
+
+    MONAI builds every reader it knows; with pydicom installed (the ``dicom`` extra) that includes its
+    GPU DICOM reader, which warns and logs that nvImageCodec is unavailable. We never read DICOM
+    through MONAI (:mod:`veloxseg.dicom` does), so that one notice is kept from the user.
+    """
+    import logging
+    import warnings
+
+    logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
+            return LoadImaged(keys=list(keys), image_only=True)
+    finally:
+        logger.setLevel(level)
+
+
 def _base(plan: Mapping[str, Any], keys: Sequence[str]) -> list:
     with_label = "label" in keys
     modes = ("bilinear", "nearest") if with_label else ("bilinear",)
     chain = [
-        LoadImaged(keys=list(keys), image_only=True),
+        load_images(keys),
         EnsureChannelFirstd(keys=list(keys)),
         Orientationd(keys=list(keys), axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
     ]

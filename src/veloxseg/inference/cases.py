@@ -1,7 +1,9 @@
 """Finding the cases to predict and checking their files before any work starts.
 
 A folder holds nnU-Net-style files ``<case>_<XXXX>.nii.gz`` (``XXXX`` the channel index, four
-digits). A single case can also be given as one file per channel, in the training order.
+digits). A single case can also be given as one file per channel, in the training order. DICOM
+folders (a study, or one series folder per channel) are recognised and converted
+(:mod:`veloxseg.dicom.cases`).
 """
 
 from __future__ import annotations
@@ -94,8 +96,21 @@ def case_from_files(files: Sequence[str | os.PathLike], channel_names: Sequence[
     return Case(m.group(1) if m else first, paths)
 
 
-def resolve_input(inputs: Sequence[str | os.PathLike], channel_names: Sequence[str]) -> list[Case]:
-    """``-i`` of ``veloxseg predict``: one folder of cases, or one case's channel files."""
+def resolve_input(inputs: Sequence[str | os.PathLike], channel_names: Sequence[str],
+                  dicom_workdir: str | os.PathLike | None = None, pet_units: str = "SUVbw") -> list[Case]:
+    """``-i`` of ``veloxseg predict``: one folder of cases, or one case's channel files.
+
+    DICOM input (a study folder, or one series folder per channel; :mod:`veloxseg.dicom.cases`) is
+    converted into NIfTI files under ``dicom_workdir``, which the caller creates and removes.
+    """
+    from ..dicom.cases import is_dicom_input
+
+    if is_dicom_input(inputs):
+        if dicom_workdir is None:
+            raise ValueError("DICOM input needs dicom_workdir: a folder for the converted channels")
+        from ..dicom.cases import cases_from_dicom
+
+        return list(cases_from_dicom(inputs, channel_names, dicom_workdir, pet_units))
     if len(inputs) == 1 and Path(inputs[0]).is_dir():
         return cases_from_folder(inputs[0], channel_names)
     if len(inputs) == 1 and not Path(inputs[0]).exists():
