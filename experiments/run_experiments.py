@@ -75,10 +75,11 @@ class Job:
     budget_min: float
     threads: int
     extra: list[str] = field(default_factory=list)
+    tag: str | None = None  # names a run whose flags (extra) change it, e.g. ``--recipe authors``
 
     @property
     def name(self) -> str:
-        arch = self.variant or self.model
+        arch = self.tag or self.variant or self.model
         if self.group.startswith("curve"):  # several budgets per model
             return f"{arch}_{self.budget_min:g}min_fold{self.fold}_seed{self.seed}"
         return f"{arch}_fold{self.fold}_seed{self.seed}"
@@ -93,7 +94,7 @@ class Job:
             args += ["--variant", self.variant]
         args += ["--num-folds", str(self.num_folds), "--fold", str(self.fold), "--seed", str(self.seed),
                  "--time-budget", f"{self.budget_min:g}", "--threads", str(self.threads),
-                 *(CURVE_COMMON if self.group.startswith("curve") else COMMON), *self.extra]
+                 *(CURVE_COMMON if self.group.startswith(("curve", "authors")) else COMMON), *self.extra]
         return args
 
 
@@ -110,6 +111,11 @@ def all_jobs(budget: float, threads: int, groups: list[str]) -> list[Job]:
     if "brats" in groups:  # 4 cases, leave-one-out, at 3 mm (about 27x fewer voxels than 1 mm)
         jobs += [Job("brats", str(BRATS), m, None, k, 4, 0, budget, threads, ["--spacing", "3", "3", "3"])
                  for k in range(4) for m in MAIN_MODELS]
+    if "authors" in groups:  # issue 18: our default, the authors' recipe, the network before it matched theirs
+        jobs += [j for k in range(3) for j in (
+            Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1),
+            Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1, ["--recipe", "authors"], tag="recipe-authors"),
+            Job("authors", h, "veloxseg", "pre-authors", k, 3, 0, 8, 1))]
     if "curve" in groups:  # budgets of its own; short runs first, fold-major
         jobs += [Job("curve", h, m, None, k, 3, 0, b, threads) for b in (2, 8, 30) for k in range(3)
                  for m, mb in CURVE_HECKTOR if mb == b]
@@ -295,7 +301,7 @@ def schedule(jobs: list[Job], work: Path, parallel: int, logs: Path, stop_at: fl
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--groups", nargs="+", default=["hecktor", "ablation", "seeds", "brats"],
-                    choices=["hecktor", "ablation", "seeds", "brats", "curve"],
+                    choices=["hecktor", "ablation", "seeds", "brats", "curve", "authors"],
                     help="default: all but curve (the Dice-per-CPU-minute runs, which bring their own budgets)")
     ap.add_argument("--budget", type=float, default=1.5,
                     help="training budget per run, minutes of the run's own CPU time (default 1.5)")

@@ -10,6 +10,8 @@ import tempfile
 import nibabel as nib
 import numpy as np
 import pytest
+
+from veloxseg.inference.manifest import MANIFEST_NAME  # predict's record of what it wrote
 import torch
 from torch import nn
 
@@ -180,7 +182,7 @@ def test_dicom_seg_and_stats_land_on_the_lesion(tmp_path, ball_study, oracle_ckp
     out = tmp_path / "out"
     assert main(["predict", "-m", oracle_ckpt, "-i", str(ball_study), "-o", str(out), "--output-type", "both",
                  "--stats", "--quiet"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["study.nii.gz", "study_seg.dcm", "study_stats.json"]
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST_NAME) == ["study.nii.gz", "study_seg.dcm", "study_stats.json"]
     labels, affine = labels_of(out / "study.nii.gz")
     assert labels.shape == CT_SHAPE and np.allclose(affine, CT_AFFINE)
     truth = ball(CT_SHAPE, CT_AFFINE)
@@ -213,7 +215,7 @@ def test_dicom_seg_only_writes_no_nifti_and_continue_skips(tmp_path, ball_study,
     out = tmp_path / "out"
     args = ["predict", "-m", oracle_ckpt, "-i", str(ball_study), "-o", str(out), "--output-type", "dicom-seg"]
     assert main(args + ["--quiet"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["study_seg.dcm"]
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST_NAME) == ["study_seg.dcm"]
     before = (out / "study_seg.dcm").stat().st_mtime_ns
     assert main(args + ["--continue"]) == 0
     assert "skipped 1 case(s) whose DICOM-SEG exists" in capsys.readouterr().out
@@ -257,4 +259,4 @@ def test_folder_of_two_studies_gives_two_cases(tmp_path, oracle_ckpt):
         write_pet_ct_study(tmp_path / "studies" / name / "dicom", phantom_ct(), CT_AFFINE, pet, PET_AFFINE)
     assert main(["predict", "-m", oracle_ckpt, "-i", str(tmp_path / "studies"), "-o", str(tmp_path / "out"),
                  "--quiet"]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["visit1_dicom.nii.gz", "visit2_dicom.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != MANIFEST_NAME) == ["visit1_dicom.nii.gz", "visit2_dicom.nii.gz"]

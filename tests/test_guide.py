@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from veloxseg.inference.manifest import MANIFEST_NAME  # predict's record of what it wrote
+
 pytest.importorskip("pydicom")
 pytest.importorskip("highdicom")
 
@@ -43,7 +45,7 @@ def test_guide_synthetic_study_commands_run(tmp_path, monkeypatch, capsys):
         ran.append(argv[1])
     assert ran == ["demo-data", "dataset-from-dicom", "train", "predict", "evaluate"]
     out = tmp_path / "predictions"
-    assert sorted(p.name for p in out.iterdir()) == ["evaluation.csv", "study_002.nii.gz", "study_002_seg.dcm",
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST_NAME) == ["evaluation.csv", "study_002.nii.gz", "study_002_seg.dcm",
                                                      "study_002_stats.json"]
     stats = json.loads((out / "study_002_stats.json").read_text())
     assert set(stats["total"]) >= {"tmtv_ml", "tlg"} and "SUVbw" in stats["pet"]["values"]

@@ -96,3 +96,19 @@ def test_training_with_the_authors_recipe(tmp_path, monkeypatch):
     expected = AuthorsWarmupCosine(3, 1, 1e-3, 1e-5)
     assert [row["lr"] for row in trainer.history] == pytest.approx([expected.lr(e) for e in range(3)])
     assert trainer.history[1]["lr"] == pytest.approx(2e-3)  # (warmup + 1) / warmup with one warm-up epoch
+
+
+def test_authors_schedule_under_a_time_budget_is_refitted_and_keeps_their_rates():
+    from veloxseg.cli import build_parser
+    from veloxseg.cli.train import build_config
+    from veloxseg.training.schedule import AuthorsWarmupCosine
+
+    s = AuthorsWarmupCosine(300, 10, 2.5e-4, 6e-6)
+    s.to_steps(50, 50)  # what a budgeted run does before its first step
+    before = s.lr(1000)
+    s.refit(1000, 5000)  # the budget re-planned the run: the rate at this step does not jump
+    assert s.lr(1000) == pytest.approx(before)
+    assert s.lr(4000) < before and s.lr(5000) == pytest.approx(6e-6)
+    args = build_parser().parse_args(["train", "D", "-o", "R", "--recipe", "authors", "--time-budget", "2"])
+    config = build_config(args)
+    assert config.lr == 2.5e-4 and config.iterations == 50  # their rate, the budget's epoch structure

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .networks import VeloxSeg
+from .networks.veloxseg import LEGACY_KWARGS
 
 _CONV_ONLY: dict[str, Any] = dict(use_transformer=False, texture_teachers=False, upsampling="transposed")
 
@@ -53,6 +54,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("full", "+ Gram supervision (the full model)", dict(), paper=(1.66, 1.79, 62.51)),
     Variant("groups-8-16-16-32", "control: group width <8, 16, 16, 32> (at the jl-groups row)",
             dict(_CONV_ONLY, kernel_sizes=(1, 3, 5), group_widths=(8, 16, 16, 32)), paper=(None, None, 55.14)),
+    Variant("pre-authors", "control: veloxseg 0.1's network before it matched the authors' code (single PWA "
+            "residual, LayerNorm eps 1e-5, deep supervision align_corners=False, PyTorch's default init)",
+            dict(LEGACY_KWARGS)),
     Variant("teachers-no-gram", "control: teachers with reconstruction but no Gram term",
             dict(), loss=dict(lambda_sdkt=0.0), paper=(1.66, 1.79, 59.64)),
 )}

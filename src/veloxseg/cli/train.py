@@ -100,6 +100,8 @@ def build_config(args: argparse.Namespace) -> Any:
             base[key] = list(value) if isinstance(value, (list, tuple)) else value
     if not args.resume and args.max_minutes is not None:
         chosen = budget_recipe({key: getattr(args, key, None) for key in OVERRIDABLE})
+        if (args.recipe or base.get("recipe")) == "authors":  # their learning rates; the budget sets the rest
+            chosen = {k: v for k, v in chosen.items() if k not in ("lr", "min_lr", "warmup_epochs")}
         base.update(chosen)
         base["budget_recipe"] = chosen
     return TrainConfig.from_dict(base)

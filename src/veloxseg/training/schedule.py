@@ -76,7 +76,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, epochs: int, warmup: int, 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(epochs, warmup, base_lr, min_lr))
 
 
-class AuthorsWarmupCosine:
+class AuthorsWarmupCosine(WarmupCosine):
     """The authors' learning-rate curve (their ``utils/optimizers/schedulers.py`` and ``utils/train_*.py``).
 
     Their warm-up is a ``LambdaLR`` with factor ``(epoch + 1) / warmup``, stepped after each of the
@@ -84,31 +84,27 @@ class AuthorsWarmupCosine:
     rate (2.75e-4 for 2.5e-4 and 10 epochs); a ``CosineAnnealingLR(T_max = epochs - warmup,
     eta_min = min_lr)`` built on the same optimizer then takes over, and its chained form decays from
     that rate: ``min_lr + (peak - min_lr) (1 + cos(pi t / T_max)) / 2`` at ``t = epoch - warmup``,
-    reaching ``min_lr`` after the last epoch. Without warm-up the peak is the base rate. Like
-    :class:`WarmupCosine` a callable object with an ``epochs`` attribute (the time budget shortens it).
+    reaching ``min_lr`` after the last epoch. Without warm-up the peak is the base rate. A
+    :class:`WarmupCosine` in all else, so a time budget counts it in steps and re-fits it the same way.
     """
-
-    def __init__(self, epochs: int, warmup: int, base_lr: float, min_lr: float) -> None:
-        self.epochs = int(epochs)
-        self.warmup = int(warmup)
-        self.base_lr = float(base_lr)
-        self.min_lr = float(min_lr)
 
     @property
     def peak_lr(self) -> float:
         """The rate of the first epoch after warm-up: ``base * (warmup + 1) / warmup``."""
         return self.base_lr * (self.warmup + 1) / self.warmup if self.warmup > 0 else self.base_lr
 
+    def progress(self, tick: int) -> float:
+        """As :meth:`WarmupCosine.progress`, with their span (``min_lr`` is reached after the last tick)."""
+        start = self.warmup if self.anchor_tick is None else self.anchor_tick
+        span = max(1, self.epochs - start)
+        t = self.anchor_fraction + (1.0 - self.anchor_fraction) * (tick - start) / span
+        return min(1.0, max(0.0, t))
+
     def lr(self, epoch: int) -> float:
         """Learning rate used during ``epoch`` (0-based); ``epoch == epochs`` gives the final ``min_lr``."""
         if epoch < self.warmup:
             return self.base_lr * (epoch + 1) / self.warmup
-        span = max(1, self.epochs - self.warmup)
-        t = min(1.0, (epoch - self.warmup) / span)
-        return self.min_lr + (self.peak_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-    def __call__(self, epoch: int) -> float:
-        return self.lr(epoch) / self.base_lr
+        return self.min_lr + (self.peak_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * self.progress(epoch)))
 
 
 def apply_current_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
