@@ -397,3 +397,25 @@ def test_predictor_leaves_process_settings_alone_unless_asked(tmp_path, plan, mo
     assert calls == [] and torch.get_num_threads() == threads
     Predictor.from_checkpoint(model, tune_memory=True)
     assert calls == [1]
+
+
+def test_dataset_validation_names_two_files_for_one_channel(tmp_path):
+    from test_data import make_tiny_dataset
+    from veloxseg.data.dataset import validate_dataset
+
+    data = make_tiny_dataset(tmp_path / "Dataset001_Tiny", n_cases=2)
+    shutil.copy(data / "imagesTr" / "case0_0001.nii.gz", data / "imagesTr" / "case0_0001.nii")
+    with pytest.raises(InputError, match=r"case0_0001\.nii\.gz and case0_0001\.nii: two files for one channel"):
+        validate_dataset(data)
+
+
+def test_out_of_memory_fails_the_case_with_what_it_needs(tmp_path, plan, cohort, monkeypatch, capsys):
+    model = oracle_checkpoint(tmp_path / "m.pt", plan)
+
+    def no_memory(self, x, case):
+        raise MemoryError()
+
+    monkeypatch.setattr(Predictor, "_probabilities", no_memory)
+    assert main(["predict", "-m", model, "-i", str(cohort), "-o", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "3 case(s) failed" in err and "out of memory for" in err and "needs roughly" in err
