@@ -7,7 +7,7 @@ constants), then specialised to its one input shape (the traced shape arithmetic
 folded away, :func:`_fold_constants`), the same ops run from TorchScript's C++ interpreter. The
 network computes the same thing (checked against eager on the window it is traced on); it is
 about 13 % faster per window at 1 thread and 18 % at 2 (batch 1; 10 and 12 % at batch 2;
-docs/performance.md) after a one-off cost of about 1.5-2 s per window shape.
+docs/dev/performance.md) after a one-off cost of about 1.5-2 s per window shape.
 
 When to pay that second is a ski-rental decision: ``veloxseg predict`` runs eagerly until a window
 shape has had :data:`PREDICT_TRACE_AFTER` network calls (by then eager has spent about what tracing
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 TOLERANCE = 1e-3
 #: network calls of one window shape that ``veloxseg predict`` runs eagerly before tracing: ~1.5-2 s of
 #: tracing over the ~9 ms a window saves (autopet, 2 threads, a window per thread, each call one window:
-#: 2x400x400x300 in 4.5 s eagerly, 3.2 s traced; docs/performance.md)
+#: 2x400x400x300 in 4.5 s eagerly, 3.2 s traced; docs/dev/performance.md)
 PREDICT_TRACE_AFTER = 200
 
 

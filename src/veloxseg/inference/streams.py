@@ -5,7 +5,7 @@ faster than on 1: every one of its ~1000 ops splits its work between the cores a
 end, and most ops are small. Two windows computed at once, each by its own thread with one
 intra-op thread, never wait for each other: autopet 96^3 windows as the frozen graph, 51.2-52.2
 windows/s against 25.2-26.1 for one 1-thread stream (2.0x) and 35.2-42.0 for one window at a time
-on 2 threads (``python benchmarks/window_streams.py``, docs/performance.md). Sliding-window
+on 2 threads (``python benchmarks/window_streams.py``, docs/dev/performance.md). Sliding-window
 prediction always has windows to spare, so :class:`WindowStreams` splits each batch of windows
 across the threads.
 

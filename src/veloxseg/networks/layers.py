@@ -229,7 +229,7 @@ def _depthwise_split(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int
     At inference, for groups of 2-4 input and output channels on maps of more than 4096 voxels (level
     0), with kernels of at least 5x5x5, or 3x3x3 where the rotated copies of the input are
     ``shared`` with another conv (the JLC blocks' 3x3x3 and 5x5x5 branches); elsewhere oneDNN's
-    grouped kernel is as fast or faster (level 1 and deeper: docs/performance.md).
+    grouped kernel is as fast or faster (level 1 and deeper: docs/dev/performance.md).
     """
     width = weight.shape[1]
     return (DEPTHWISE_SPLIT and not torch.is_grad_enabled() and groups > 1 and weight.shape[0] == groups * width
