@@ -43,7 +43,7 @@ def deprecated_calls_fail():
 
     def show(message, category, filename, lineno, file=None, line=None):
         if not issubclass(category, categories):
-            return
+            return original(message, category, filename, lineno, file, line)
         frame = sys._getframe(1)
         while frame is not None and not (frame.f_code.co_filename == filename and frame.f_lineno == lineno):
             frame = frame.f_back
@@ -54,6 +54,7 @@ def deprecated_calls_fail():
             raise category(f"{message} [called from veloxseg: {where}]")
 
     with warnings.catch_warnings():
+        original = warnings.showwarning
         for category in categories:
             warnings.simplefilter("always", category)
         warnings.showwarning = show

@@ -48,12 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what --time-budget counts: wall-clock time (default) or this process's CPU time "
                         "(fair between runs on a shared, loaded machine)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on CUDA")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="bf16: on a CPU, the forward and loss under bfloat16 autocast with float32 master weights "
+                        "(CUDA keeps its AMP, see --no-amp) (default fp32)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.set_defaults(func=run)
 
 
 OVERRIDABLE = ("model", "variant", "num_folds", "budget_clock", "preset", "epochs", "patch_size", "spacing",
-               "batch_size", "fold", "val_fraction", "iterations", "val_every", "lr", "device", "threads", "seed", "cache", "num_workers", "max_minutes", "amp", "progress")
+               "batch_size", "fold", "val_fraction", "iterations", "val_every", "lr", "device", "threads", "seed", "cache", "num_workers", "max_minutes", "amp", "precision", "progress")
 
 
 def build_config(args: argparse.Namespace) -> Any:

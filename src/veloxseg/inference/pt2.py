@@ -29,6 +29,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: AOTInductor settings of every package: weights folded into the compiled graph (``freezing``), and the
 #: thread count read at run time (``torch.set_num_threads``), so one package serves every thread count
-INDUCTOR_CONFIGS: dict[str, object] = {"freezing": True, "cpp.dynamic_threads": True}
+INDUCTOR_CONFIGS: dict[str, object] = {"freezing": True, "layout_optimization": False, "cpp.dynamic_threads": True}
 CACHE_ENV = "VELOXSEG_CACHE_DIR"
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -190,6 +191,7 @@ class CompiledEngine:
         self.precision = precision
         self.directory = directory or cache_dir()
         self.compiled = self.loaded = 0
+        self.compile_seconds = 0.0
         self._engines: dict[tuple[int, ...], Runner] = {}
         self._failed = False
         self._lock = threading.Lock()
@@ -235,6 +237,7 @@ class CompiledEngine:
     def _compile(self, x: torch.Tensor, path: Path) -> None:
         log.info("compiling the network for windows %s (%s) with AOTInductor: about a minute, once; kept in %s",
                  "x".join(map(str, x.shape[1:])), self.precision, path.parent)
+        start = time.perf_counter()
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".pt2", dir=path.parent)  # AOTInductor: *.pt2
         os.close(fd)
         try:
@@ -244,3 +247,4 @@ class CompiledEngine:
         finally:
             Path(tmp_name).unlink(missing_ok=True)
         self.compiled += 1
+        self.compile_seconds += time.perf_counter() - start

@@ -60,6 +60,7 @@ class TrainConfig:
     threads: int | None = None
     seed: int = 0
     amp: bool = True  # only on CUDA
+    precision: str = "fp32"  # "bf16": on a CPU, autocast to bfloat16 with float32 master weights (CUDA: see amp)
     cache: str = "memory"  # memory | disk | none
     num_workers: int = 0
     iterations: int | None = None  # optimizer steps per epoch; None: one pass over the training cases
@@ -138,6 +139,9 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.is_main = self.rank == 0
         self.use_amp = bool(config.amp and self.device.type == "cuda")
+        if config.precision not in ("fp32", "bf16"):
+            raise InputError(f"--precision must be fp32 or bf16, got {config.precision!r}")
+        self.cpu_bf16 = config.precision == "bf16" and self.device.type == "cpu"
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_metric: float | None = None
@@ -355,12 +359,19 @@ class Trainer:
         self.seed_epoch(epoch)
         self.model.train()
 
+    def autocast(self) -> torch.autocast:
+        """Mixed precision of the forward: CUDA AMP (``amp``), or bfloat16 on a CPU (``precision="bf16"``); the
+        weights, gradients and optimizer state stay float32."""
+        if self.cpu_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=self.use_amp)
+
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimisation step on a batch; returns the (local) loss parts."""
         x = batch["image"].to(self.device, non_blocking=True).float()
         y = batch["label"].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=self.use_amp):
+        with self.autocast():
             out = self.model(x)
             parts = self.loss_fn(out, y, x)
         self.scaler.scale(parts.total).backward()
@@ -404,7 +415,7 @@ class Trainer:
         for item in self.val_ds:
             x = torch.as_tensor(item["image"])[None].to(self.device).float()
             y = torch.as_tensor(item["label"])[None].to(self.device).long()
-            with torch.autocast(self.device.type, enabled=self.use_amp):
+            with self.autocast():
                 logits = sliding_window_inference(x, self.plan["patch_size"], self.config.sw_batch_size, net,
                                                   overlap=self.config.sw_overlap, mode="gaussian")
             pred = logits.float().argmax(1, keepdim=True)
