@@ -1,16 +1,20 @@
 """Compare the ways to run the deployed VeloxSeg on a CPU, side by side in one run.
 
-Writes ``docs/engines.md``. Run from the repository root:
+Rewrites the measured part of ``docs/engines.md`` (between its ``engines-table`` markers; the rest of the
+page is prose kept as it is). Run from the repository root:
 
-    python benchmarks/engines.py [--preset autopet] [--threads 1,2] [--seconds 5] [--no-compile]
+    python benchmarks/engines.py [--preset autopet] [--threads 1,2] [--seconds 5] [--precision fp32,bf16]
+                                 [--no-compile] [--no-pt2]
 
 Engines: the frozen TorchScript graph of the network with veloxseg's fast CPU kernels (the default
 of ``veloxseg predict``, ``--engine torch``), eager PyTorch with the fast kernels (``--engine eager``),
-eager PyTorch on the default ops (the straightforward path), ONNX Runtime on the exported model
-(``veloxseg predict --engine onnxruntime``) and ``torch.compile`` (inductor, static shapes). Each is timed like
+eager PyTorch on the default ops (the straightforward path), the ``torch.export`` program compiled by
+AOTInductor (``--engine pt2``, the package ``veloxseg export --format pt2`` writes), ONNX Runtime on the
+exported model (``veloxseg predict --engine onnxruntime``) and ``torch.compile`` (inductor, static shapes);
+with ``--precision fp32,bf16`` also eager and pt2 in bf16 (``--precision bf16``). Each is timed like
 ``veloxseg bench`` times throughput: batch 1, eval, ``torch.inference_mode`` (as ``veloxseg predict``),
 warm-up, then the median of repeated forwards for at least ``--seconds``; outputs are checked against
-eager to 1e-3.
+eager (max logit difference, and for bf16 the fraction of voxels with the same label).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ import torch
 
 from veloxseg import VeloxSeg, __version__
 from veloxseg.export import export_module
-from veloxseg.inference.engines import OnnxEngine
+from veloxseg.inference.cpu import cpu_name, isa_flags
+from veloxseg.inference.engines import OnnxEngine, TorchEngine
 from veloxseg.inference.graph import PREDICT_TRACE_AFTER, FrozenGraph
+from veloxseg.inference.pt2 import PackageEngine, compile_package, example_input
 from veloxseg.networks.layers import fast_paths
 from veloxseg.presets import get_preset
 from veloxseg.runtime import tune_allocator
@@ -54,8 +60,11 @@ def main() -> int:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles for minutes)")
+    parser.add_argument("--no-pt2", action="store_true", help="skip the AOTInductor packages (about a minute each)")
+    parser.add_argument("--precision", default="fp32", help="fp32 or fp32,bf16 (adds eager and pt2 in bf16)")
     parser.add_argument("--out", default="docs/engines.md")
     args = parser.parse_args()
+    bf16 = "bf16" in args.precision.split(",")
 
     tune_allocator()  # as `veloxseg predict` runs (veloxseg.runtime), for every engine alike
     preset = get_preset(args.preset)
@@ -63,10 +72,20 @@ def main() -> int:
     x = torch.randn(preset.input_shape, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         reference = model(x)
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        export_module(model, "onnx", onnx_path, preset.input_shape[1], preset.patch_size)
-        onnx_bytes = onnx_path.read_bytes()
+    packages: dict[str, PackageEngine] = {}
+    pt2_seconds: dict[str, float] = {}
+    tmp_dir = tempfile.TemporaryDirectory()
+    tmp = tmp_dir.name
+    onnx_path = Path(tmp) / "model.onnx"
+    export_module(model, "onnx", onnx_path, preset.input_shape[1], preset.patch_size)
+    onnx_bytes = onnx_path.read_bytes()
+    for precision in (["fp32", "bf16"] if bf16 else ["fp32"]) if not args.no_pt2 else []:
+        t0 = time.perf_counter()  # one package for every thread count (it reads the thread count at run time)
+        path = compile_package(model, example_input(tuple(preset.input_shape[1:])), Path(tmp) / f"{precision}.pt2",
+                               precision)
+        pt2_seconds[precision] = time.perf_counter() - t0
+        packages[precision] = PackageEngine(path)
+    eager_bf16 = TorchEngine(model, dtype=torch.bfloat16) if bf16 else None
 
     rows, compile_seconds, failures, trace_seconds = [], {}, {}, {}
     graph = FrozenGraph(model)
@@ -88,6 +107,12 @@ def main() -> int:
             "eager, PyTorch default ops": straightforward,
             "ONNX Runtime": lambda: ort(x),
         }
+        if "fp32" in packages:
+            engines["torch.export + AOTInductor (pt2)"] = lambda: packages["fp32"](x)
+        if eager_bf16 is not None:
+            engines["eager, bf16 channels-last"] = lambda: eager_bf16(x)
+        if "bf16" in packages:
+            engines["torch.export + AOTInductor (pt2), bf16"] = lambda: packages["bf16"](x)
         if not args.no_compile:
             # compiled per thread count, on a fresh copy so that it gets its own dynamo entries.
             # Graph breaks compile each level's blocks as separate frames (one entry per shape): with
@@ -108,35 +133,43 @@ def main() -> int:
                 engines["torch.compile (inductor, static shapes)"] = lambda: compiled(x)
         for name, fn in engines.items():
             with torch.inference_mode():
-                diff = (fn() - reference).abs().max().item()
+                out = fn().float()
+                diff = (out - reference).abs().max().item()
+                agree = (out.argmax(1) == reference.argmax(1)).float().mean().item()
                 t = timed(fn, args.seconds)
-            rows.append((name, threads, t, diff))
-            print(f"{name:40s} threads={threads} median={t['median']:.4f}s max|diff|={diff:.1e}", flush=True)
+            rows.append((name, threads, t, diff, agree))
+            print(f"{name:40s} threads={threads} median={t['median']:.4f}s max|diff|={diff:.1e} "
+                  f"labels={100 * agree:.3f}%", flush=True)
 
-    base = {th: t["median"] for name, th, t, _ in rows if name.endswith("(default)")}
+    base = {th: t["median"] for name, th, t, _, _ in rows if name.endswith("(default)")}
+    flags = " ".join(f for f in isa_flags() if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2")))
     lines = [
-        "# Inference engines on the CPU",
-        "",
-        "<!-- Generated by `python benchmarks/engines.py`; do not edit by hand. -->",
+        START,
         "",
         f"Command: `python benchmarks/engines.py --preset {args.preset} --threads {args.threads} "
-        f"--seconds {args.seconds:g}{' --no-compile' if args.no_compile else ''}`",
+        f"--seconds {args.seconds:g} --precision {args.precision}{' --no-compile' if args.no_compile else ''}"
+        f"{' --no-pt2' if args.no_pt2 else ''}`",
         "",
         f"Deployed VeloxSeg, preset {args.preset}, input {'×'.join(map(str, preset.input_shape))}, batch 1, eval, "
         "inference mode; "
-        f"veloxseg {__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} thread(s) last set.",
+        f"veloxseg {__version__}, torch {torch.__version__}, {cpu_name()} ({platform.machine()}; flags: "
+        f"{flags or 'none of avx2/avx512f/avx512_bf16/amx'}), {torch.get_num_threads()} thread(s) last set.",
         "",
-        "| engine | threads | images/s | s per forward: median (min–max), n | × default | max abs logit diff |",
-        "|---|---:|---:|---|---:|---:|",
+        "| engine | threads | images/s | s per forward: median (min–max), n | × default | max abs logit diff "
+        "| labels = fp32 eager |",
+        "|---|---:|---:|---|---:|---:|---:|",
     ]
-    for name, th, t, diff in rows:
+    for name, th, t, diff, agree in rows:
         lines.append(f"| {name} | {th} | {1 / t['median']:.2f} | {t['median']:.4f} ({t['min']:.4f}–{t['max']:.4f}),"
-                     f" {t['reps']} | {t['median'] / base[th]:.2f} | {diff:.1e} |")
+                     f" {t['reps']} | {t['median'] / base[th]:.2f} | {diff:.1e} | {100 * agree:.2f} % |")
     for th, reason in failures.items():
         reason = reason.replace("|", "/")
         lines.append(f"| torch.compile (inductor, static shapes) | {th} | – | failed to compile: {reason} "
-                     "| – | – |")
+                     "| – | – | – |")
+    if pt2_seconds:
+        took = ", ".join(f"{p} {s:.0f} s" for p, s in pt2_seconds.items())
+        lines += ["", f"The pt2 packages (`torch.export` with a dynamic batch, AOTInductor with freezing, thread count "
+                  f"read at run time) compiled in {took}, once for every thread count."]
     if compile_seconds:
         took = ", ".join(f"{s:.0f} s at {th} thread(s)" for th, s in compile_seconds.items())
         lines += ["", f"`torch.compile` took {took} to compile before its first forward "
@@ -156,7 +189,7 @@ def main() -> int:
                           "channels-last where its fake-tensor rule predicted channels-first (an inductor issue, "
                           "not investigated further).")
     for th in base:
-        best = min((r for r in rows if r[1] == th), key=lambda r: r[2]["median"])
+        best = min((r for r in rows if r[1] == th), key=lambda r: r[2]["median"])  # (bf16 rows included)
         lines += ["", f"Fastest with {th} thread(s): {best[0]} ({1 / best[2]['median']:.2f} images/s)."]
     took = ", ".join(f"{s:.1f} s at {th} thread(s)" for th, s in trace_seconds.items())
     lines += ["", f"`veloxseg predict` runs the TorchScript graph by default (`--engine torch`): after "
@@ -165,11 +198,26 @@ def main() -> int:
               "fused q/k/v and mixer weights and the position biases become constants), specialised to its input "
               "shape (the traced shape arithmetic read once and folded away) and checked against eager; then "
               "TorchScript's interpreter runs it without Python in between (trace, freeze, fold and check here: "
-              f"{took}). `--engine eager` runs eager PyTorch with the fast kernels, `--engine onnxruntime` ONNX "
-              "Runtime. torch.compile is not offered by `predict`.", ""]
-    Path(args.out).write_text("\n".join(lines))
+              f"{took}). `--engine eager` runs eager PyTorch with the fast kernels, `--engine pt2` the AOTInductor "
+              "package, `--engine onnxruntime` ONNX Runtime. torch.compile is not offered by `predict`.", "", END]
+    write_table(Path(args.out), "\n".join(lines))
+    tmp_dir.cleanup()
     print(f"wrote {args.out}")
     return 0
+
+
+START, END = "<!-- engines-table: generated by `python benchmarks/engines.py`; do not edit by hand -->", \
+    "<!-- end engines-table -->"
+
+
+def write_table(path: Path, table: str) -> None:
+    """Put ``table`` between the markers of ``path`` (the prose around them is kept), or at its end."""
+    text = path.read_text() if path.is_file() else "# Inference engines on the CPU\n"
+    if START in text and END in text:
+        text = text[:text.index(START)] + table + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + table + "\n"
+    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -146,3 +146,38 @@ def test_straightforward_row_is_the_same_network_on_default_ops():
     loss = training_loss(STRAIGHTFORWARD)(train(x), y, x)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_precision_adds_bf16_rows_and_the_pt2_engine_is_a_row(monkeypatch, tmp_path):
+    """``--precision fp32,bf16``: bf16 rows of the deployed paths (throughput, training step, whole volume) and
+    the bf16 conv ceiling; ``veloxseg-pt2`` a row of its own (here without a compiler: its eager fallback, to
+    test the plumbing without a minute of compiling)."""
+    from veloxseg.inference import pt2
+
+    monkeypatch.setattr(pt2, "cxx_compiler", lambda: None)
+    out = tmp_path / "b.json"
+    argv = ["bench", "--models", "veloxseg,veloxseg-pt2", "--precision", "fp32,bf16", "--size", "32", "--threads", "1",
+            "--seconds", "0", "--min-reps", "1", "--rounds", "1", "--skip", "train,volume", "--json", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert list(result["models"]) == ["veloxseg", "veloxseg-pt2", "veloxseg@bf16", "veloxseg-pt2@bf16"]
+    assert "--models veloxseg,veloxseg-pt2 " in result["command"] and "--precision fp32,bf16" in result["command"]
+    ceiling = result["ceiling"]["1"]
+    assert ceiling["conv_bf16"]["gflops"] > 0
+    bf16 = result["models"]["veloxseg@bf16"]
+    tp = bf16["throughput"]["1"]
+    assert tp["conv_fraction"] == pytest.approx(tp["gflops_per_s"] / ceiling["conv_bf16"]["gflops"])
+    assert result["models"]["veloxseg-pt2@bf16"]["throughput"]["1"]["images_per_s"] > 0
+    from veloxseg.bench.runner import BenchConfig, _trained
+    from veloxseg.bench.worker import train_step, volume
+
+    cfg = BenchConfig(models=["veloxseg", "veloxseg-pt2"], volume_models=["veloxseg"], precision=["bf16"])
+    cfg.validate()
+    assert cfg.precision == ["fp32", "bf16"] and cfg.volume_models == ["veloxseg", "veloxseg@bf16"]
+    assert _trained(cfg.models) == ["veloxseg", "veloxseg@bf16"]  # a pt2 row trains as the eager network
+    job = {"model": "veloxseg@bf16", "preset": "autopet", "size": [32, 32, 32], "device": "cpu", "in_channels": 2}
+    step = train_step(dict(job, batch=1, steps=1))  # under bf16 autocast, float32 weights
+    assert step["seconds"] > 0 and step["steps"] == 1
+    vol = volume(dict(job, volume=[2, 40, 40, 36], overlap=0.25, mode="gaussian", sw_batch_size=2))
+    assert vol["output_shape"] == [1, 40, 40, 36] and vol["compile_seconds"] is None

@@ -1,5 +1,7 @@
-"""``veloxseg export``: ONNX / TorchScript of the deployable network match eager PyTorch, carry their
-preprocessing in a sidecar, and run the whole prediction pipeline (``--engine onnxruntime``)."""
+"""``veloxseg export``: ONNX (torch.export-based, batch dynamic) / TorchScript of the deployable network match
+eager PyTorch, carry their preprocessing in a sidecar, and run the whole prediction pipeline (``--engine
+onnxruntime``); the ONNX export and prediction call no deprecated API (conftest.deprecated_calls_fail).
+The ``.pt2`` export is tested in test_pt2.py."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import deprecated_calls_fail
 from veloxseg import VeloxSeg
 from veloxseg.checkpoint import build_model, load_checkpoint, save_checkpoint
 from veloxseg.cli import main
@@ -47,11 +50,14 @@ def case_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, ckpt):
-    """The checkpoint exported once per format through the CLI (export is the slow part)."""
+    """The checkpoint exported once per format through the CLI (export is the slow part); the ONNX export
+    with deprecation warnings from veloxseg's calls as errors, TorchScript (deprecated by PyTorch) saying so."""
     folder = tmp_path_factory.mktemp("exported")
     paths = {"onnx": folder / "model.onnx", "torchscript": folder / "model.ts"}
-    for fmt, path in paths.items():
-        assert main(["export", "-m", str(ckpt), "--format", fmt, "-o", str(path)]) == 0
+    with deprecated_calls_fail():
+        assert main(["export", "-m", str(ckpt), "--format", "onnx", "-o", str(paths["onnx"])]) == 0
+    with pytest.warns(FutureWarning, match="TorchScript export: TorchScript .* is deprecated by PyTorch"):
+        assert main(["export", "-m", str(ckpt), "--format", "torchscript", "-o", str(paths["torchscript"])]) == 0
     return paths
 
 
@@ -67,9 +73,13 @@ def test_onnx_export_matches_eager_and_has_a_sidecar(ckpt, exported):
     import onnxruntime as ort
 
     expected, x = eager_and_input(ckpt)
-    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
-    diff, agreement = compare_logits(expected, got)
-    assert diff <= 1e-3 and agreement >= 0.999
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (image,) = session.get_inputs()
+    assert image.name == "image" and image.shape[1:] == [2, 32, 32, 32] and not isinstance(image.shape[0], int)
+    for batch in (x, x[:1]):  # fixed channels and window, dynamic batch
+        got = session.run(None, {"image": batch})[0]
+        diff, agreement = compare_logits(expected[: len(batch)], got)
+        assert diff <= 1e-3 and agreement >= 0.999
     meta = read_sidecar(out)
     assert meta["plan"] == PLAN and meta["labels"] == {"background": 0, "a": 1, "b": 2}
     assert meta["roi_size"] == [32, 32, 32] and meta["in_channels"] == 2 and meta["out_channels"] == 3
@@ -99,6 +109,8 @@ def test_torchscript_export_matches_eager(ckpt, exported):
 
 
 def test_prediction_engines_agree(tmp_path, ckpt, case_dir, exported):
+    """Every engine, with deprecation warnings from veloxseg's calls as errors: the default engine (eager until a
+    window shape has had 200 calls, as here), eager, and onnxruntime from a checkpoint and from an export."""
     onnx_path = exported["onnx"]
     runs = {
         "torch": ["-m", str(ckpt)],
@@ -109,7 +121,8 @@ def test_prediction_engines_agree(tmp_path, ckpt, case_dir, exported):
     results = {}
     for name, model_args in runs.items():
         out = tmp_path / name
-        assert main(["predict", *model_args, "-i", str(case_dir), "-o", str(out), "--quiet", "--threads", "1"]) == 0
+        with deprecated_calls_fail():
+            assert main(["predict", *model_args, "-i", str(case_dir), "-o", str(out), "--quiet", "--threads", "1"]) == 0
         img = nib.load(str(out / "p1.nii.gz"))
         assert img.shape == (40, 36, 30) and np.array_equal(img.affine, nib.load(str(case_dir / "p1_0000.nii.gz")).affine)
         results[name] = np.asarray(img.dataobj)
@@ -121,7 +134,9 @@ def test_prediction_engines_agree(tmp_path, ckpt, case_dir, exported):
 def test_predictor_runs_a_torchscript_export(ckpt, case_dir, exported):
     ts = exported["torchscript"]
     files = sorted(case_dir.glob("p1_*.nii.gz"))
-    a = np.asarray(Predictor.from_checkpoint(ts).predict(files).dataobj)
+    with pytest.warns(FutureWarning, match="loading model.ts: TorchScript"):
+        loaded = Predictor.from_checkpoint(ts)
+    a = np.asarray(loaded.predict(files).dataobj)
     b = np.asarray(Predictor.from_checkpoint(ckpt).predict(files).dataobj)
     assert np.mean(a == b) >= 0.999
 

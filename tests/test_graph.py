@@ -1,6 +1,7 @@
 """The frozen TorchScript graph that `veloxseg predict` runs on a CPU computes what the eager network does."""
 
 import logging
+import warnings
 
 import pytest
 import torch
@@ -165,3 +166,19 @@ def test_conv_weights_are_reordered_for_onednn_once_with_the_same_result(deploye
         pair(torch.randn(2, 2, 64, 64, 64))
     # at batch 2 oneDNN's inference conv took a slower kernel for the head: its slab convs keep their op
     assert "mkldnn::_convolution_pointwise" not in {op for op, _ in _conv_weights(pair)}
+
+
+def test_torchscript_deprecation_shows_and_as_an_error_leaves_the_network_eager(deployed, caplog):
+    """The graph stands on TorchScript, which PyTorch deprecates: its warning is not silenced, and the day it
+    becomes an error the network still runs (eagerly), saying so in one line."""
+    x = torch.randn(1, 2, 64, 64, 64)
+    with pytest.warns(DeprecationWarning, match="torch.jit"), torch.inference_mode():
+        FrozenGraph(deployed)(x)
+    graph = FrozenGraph(deployed)
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING), torch.inference_mode():
+        warnings.simplefilter("error", DeprecationWarning)
+        out = graph(x)
+        expected = deployed(x)
+    assert torch.equal(out, expected)
+    assert not [g for _, g in graph._graphs.values() if g is not None]
+    assert any("could not trace" in r.getMessage() and "DeprecationWarning" in r.getMessage() for r in caplog.records)

@@ -1,6 +1,7 @@
 """Training: outputs of a short run, exact --resume, and a 2-process torchrun (gloo) run."""
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -130,3 +131,15 @@ def test_demo_end_to_end_smoke(tmp_path, capsys):
     assert pred.shape == ref.shape and np.allclose(affine, ref_affine)
     assert set(np.unique(pred)) <= {0, 1}
     assert (out / "run" / "checkpoint_best.pt").is_file()
+
+
+def test_bf16_training_on_a_cpu_runs_with_float32_weights_and_a_finite_loss(tiny_dataset, tmp_path):
+    trainer = Trainer(TrainConfig(dataset=str(tiny_dataset), output=str(tmp_path / "bf16"), epochs=1,
+                                 **{**SMALL, "precision": "bf16", "val_every": 5}))
+    assert trainer.cpu_bf16 and trainer.autocast().fast_dtype == torch.bfloat16
+    trainer.run_training()
+    rows = list(csv.DictReader(open(tmp_path / "bf16" / "metrics.csv")))
+    assert len(rows) == 1 and math.isfinite(float(rows[0]["train_loss"]))
+    assert all(p.dtype == torch.float32 for p in trainer.network.parameters())  # master weights stay fp32
+    with pytest.raises(Exception, match="--precision must be fp32 or bf16"):
+        Trainer(config(tiny_dataset, tmp_path / "bad", precision="fp16"))

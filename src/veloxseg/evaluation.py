@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -167,10 +166,8 @@ def score_case(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int], spacing
         else:
             tp = torch.from_numpy(p)[None, None].float()
             tr = torch.from_numpy(r)[None, None].float()
-            with warnings.catch_warnings():  # MONAI's own deprecation notice about its internals
-                warnings.simplefilter("ignore", FutureWarning)
-                dice = float(dice_metric(tp, tr).item())
-                hd95 = float(hd_metric(tp, tr, spacing=list(spacing)).item())
+            dice = float(dice_metric(tp, tr).item())
+            hd95 = float(hd_metric(tp, tr, spacing=list(spacing)).item())
             dice_metric.reset()
             hd_metric.reset()
         lesions = lesion_scores(p, r, float(np.prod([float(v) for v in spacing])) / 1000.0, lesion_overlap)

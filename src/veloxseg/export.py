@@ -1,9 +1,14 @@
-"""Export the deployable network (no teachers, no deep supervision) to ONNX or TorchScript.
+"""Export the deployable network (no teachers, no deep supervision) to ONNX, a ``.pt2`` package or TorchScript.
 
 Beside the model file ``FILE`` a JSON sidecar ``FILE.json`` keeps what prediction needs besides
 the weights: the preprocessing plan, labels, channel names, the patch (window) size and the
 channel layout, so ``veloxseg predict -m FILE`` runs the whole pipeline from the two files.
 Every export is checked against eager PyTorch on a random patch before it is kept.
+
+ONNX goes through PyTorch's ``torch.export``-based exporter (``dynamo=True``); ``pt2`` is the same
+program compiled by AOTInductor (:mod:`veloxseg.inference.pt2`). Both keep the channels and the window
+fixed and the batch dynamic. TorchScript (``torch.jit.trace``) is deprecated by PyTorch: it is kept while
+torch ships it, and says so when used.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from torch import nn
 
 from .errors import InputError
 
-FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+FORMATS: tuple[str, ...] = ("onnx", "pt2", "torchscript")
 SIDECAR_FORMAT = "veloxseg-export"
 SIDECAR_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-ONNX_OPSET = 17
+ONNX_OPSET = 18  # the torch.export-based exporter writes opset 18 natively (17 fails: Split)
 LOGIT_TOLERANCE = 1e-3
 MIN_ARGMAX_AGREEMENT = 0.999
 
@@ -83,21 +88,18 @@ def export_module(model: nn.Module, fmt: str, output: str | os.PathLike, in_chan
     if not os.access(output.parent, os.W_OK):
         raise InputError(f"{output}: folder {output.parent} is not writable")
     model = model.eval()
-    example = torch.randn(1, in_channels, *roi_size, generator=torch.Generator().manual_seed(0))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    from .inference.pt2 import example_input
+
+    example = example_input((in_channels, *roi_size))  # batch 2: traced with a batch of 1 it would stay 1
+    # the temporary name keeps the suffix: AOTInductor writes only to *.pt2
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp.pt2" if fmt == "pt2" else ".tmp",
+                                    dir=output.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant for a fixed patch
+        with torch.no_grad():
             expected = model(example)
-            if fmt == "onnx":
-                torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-            else:
-                traced = torch.jit.trace(model, (example,), check_trace=False)
-                torch.jit.save(traced, str(tmp))
+        _write(model, fmt, example, tmp, opset)
         got = _run_exported(tmp, fmt, example.numpy())
         diff, agreement = compare_logits(expected.numpy(), got)
         if not (diff <= LOGIT_TOLERANCE and agreement >= MIN_ARGMAX_AGREEMENT):
@@ -107,7 +109,8 @@ def export_module(model: nn.Module, fmt: str, output: str | os.PathLike, in_chan
             "format": SIDECAR_FORMAT, "format_version": SIDECAR_VERSION, "model_format": fmt,
             "model_file": output.name, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
             "in_channels": int(in_channels), "out_channels": int(expected.shape[1]), "roi_size": list(roi_size),
-            "opset": opset if fmt == "onnx" else None,
+            "opset": opset if fmt == "onnx" else None, "batch": "dynamic",
+            **(_pt2_fields() if fmt == "pt2" else {}),
             "check": {"max_abs_logit_diff": diff, "argmax_agreement": agreement},
             **dict(metadata or {}),
         }
@@ -140,6 +143,41 @@ def _is_our_export(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT and meta.get("model_file") == path.name
+
+
+def _write(model: nn.Module, fmt: str, example: torch.Tensor, path: Path, opset: int) -> None:
+    """Write ``model`` in ``fmt`` to ``path``, traced at ``example`` (channels and window fixed, batch dynamic)."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    if fmt == "onnx":
+        with torch.no_grad():
+            torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes=({0: batch},), verbose=False)
+    elif fmt == "pt2":
+        from .inference.pt2 import compile_package
+
+        compile_package(model, example, path)
+    else:
+        warn_torchscript("TorchScript export")
+        with torch.no_grad(), warnings.catch_warnings():
+            # the tracer's notes on shape checks that are constant for a fixed window (TracerWarning only)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            torch.jit.save(torch.jit.trace(model, (example,), check_trace=False), str(path))
+
+
+def warn_torchscript(what: str) -> None:
+    """Say (a FutureWarning, shown by default) that ``what`` stands on TorchScript, which PyTorch deprecates."""
+    warnings.warn(f"{what}: TorchScript (torch.jit) is deprecated by PyTorch and may stop working with a future "
+                  "torch; --format pt2 or onnx (veloxseg export) is the supported way", FutureWarning, stacklevel=3)
+
+
+def _pt2_fields() -> dict[str, Any]:
+    """What a ``.pt2`` package depends on besides its file: the CPU it was compiled for, torch, the precision."""
+    import platform
+
+    from .inference.cpu import isa_flags
+
+    return {"precision": "fp32", "machine": platform.machine(), "cpu_flags": isa_flags(), "torch": torch.__version__}
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, fmt: str, output: str | os.PathLike,
@@ -182,9 +220,12 @@ def _run_exported(path: Path, fmt: str, x: np.ndarray) -> np.ndarray:
 
         session = import_onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        module = torch.jit.load(str(path), map_location="cpu")
+    if fmt == "pt2":
+        from .inference.pt2 import load_package
+
+        module = load_package(path)
+    else:
+        module = torch.jit.load(str(path), map_location="cpu")  # deprecated by PyTorch: its warning is left as it is
     with torch.no_grad():
         return module(torch.from_numpy(x)).numpy()
 

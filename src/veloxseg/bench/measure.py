@@ -45,11 +45,12 @@ def time_repeated(fn: Callable[[], object], seconds: float, min_reps: int = 3, w
 
 
 @torch.no_grad()
-def ceilings(seconds: float, min_reps: int = 3, device: str = "cpu") -> dict[str, dict[str, float]]:
+def ceilings(seconds: float, min_reps: int = 3, device: str = "cpu", bf16: bool = False) -> dict[str, dict[str, float]]:
     """This machine's dense-compute ceiling with the current thread setting (one measurement).
 
     ``conv``: a 5x5x5 conv3d, 32 -> 32 channels on a 48^3 map, padding 2 (oneDNN on CPU);
     ``matmul``: a 4096 x 4096 float32 matmul. Each gives ``gflops`` (at the median time) and ``seconds``.
+    With ``bf16``, also ``conv_bf16``: the same conv in bfloat16, channels-last (what the bf16 rows are read against).
     """
     c, s, k = CONV_CEILING["channels"], CONV_CEILING["size"], CONV_CEILING["kernel"]
     x = torch.randn(1, c, s, s, s, device=device)
@@ -60,8 +61,12 @@ def ceilings(seconds: float, min_reps: int = 3, device: str = "cpu") -> dict[str
     b = torch.randn(n, n, device=device)
     mm_flops = 2 * n**3
     out = {}
-    for name, fn, flops in (("conv", lambda: F.conv3d(x, w, padding=k // 2), conv_flops),
-                            ("matmul", lambda: a @ b, mm_flops)):
+    cases = [("conv", lambda: F.conv3d(x, w, padding=k // 2), conv_flops), ("matmul", lambda: a @ b, mm_flops)]
+    if bf16:
+        xb = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+        wb = w.to(torch.bfloat16).contiguous(memory_format=torch.channels_last_3d)
+        cases.append(("conv_bf16", lambda: F.conv3d(xb, wb, padding=k // 2), conv_flops))
+    for name, fn, flops in cases:
         t = time_repeated(fn, seconds, min_reps, warmup_seconds=0.0, device=device)
         out[name] = {"gflops": flops / t["median"] / 1e9, "seconds": t["median"], "flops": flops}
     return out

@@ -13,7 +13,13 @@ from ..presets import get_preset
 from ..variants import VARIANTS
 
 STRAIGHTFORWARD = "veloxseg-straightforward"
+#: the deployed VeloxSeg run from an AOTInductor package (``veloxseg predict --engine pt2``)
+PT2 = "veloxseg-pt2"
 DEFAULT_MODELS: tuple[str, ...] = ("veloxseg", STRAIGHTFORWARD, *BASELINES)
+#: a model name with this suffix is that model in bfloat16 (``bench --precision fp32,bf16``)
+BF16 = "@bf16"
+#: the models that have a bf16 row: the deployed paths of ``veloxseg predict --precision bf16``
+BF16_MODELS: tuple[str, ...] = ("veloxseg", PT2)
 
 
 class StraightforwardPaths(nn.Module):
@@ -35,8 +41,45 @@ LossFn = Callable[[object, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def known_models() -> list[str]:
-    """Every name ``--models`` accepts: VeloxSeg, the baselines, then the ablation variants."""
-    return [*DEFAULT_MODELS, *VARIANTS]
+    """Every name ``--models`` accepts: VeloxSeg, the baselines, the pt2 engine, then the ablation variants
+    (and the bf16 rows of :data:`BF16_MODELS`, which ``--precision`` adds)."""
+    return [*DEFAULT_MODELS, PT2, *VARIANTS, *(m + BF16 for m in BF16_MODELS)]
+
+
+def split_precision(name: str) -> tuple[str, str]:
+    """``("veloxseg", "bf16")`` for ``"veloxseg@bf16"``, ``(name, "fp32")`` otherwise."""
+    return (name[: -len(BF16)], "bf16") if name.endswith(BF16) else (name, "fp32")
+
+
+class CompiledPackage(nn.Module):
+    """The deployed network run from an AOTInductor package compiled at its first call per input shape
+    (:class:`veloxseg.inference.pt2.CompiledEngine`, in a temporary cache of this process). Eager where the
+    package does not apply: gradients on, or the fast kernels off (FLOP counting)."""
+
+    def __init__(self, module: nn.Module, precision: str = "fp32") -> None:
+        super().__init__()
+        import tempfile
+        from pathlib import Path
+
+        from ..inference.pt2 import CompiledEngine
+
+        self.module = module.eval()
+        self._tmp = tempfile.TemporaryDirectory(prefix="veloxseg-bench-pt2-")
+        self.engine = CompiledEngine(self.module, f"bench{id(self):x}".ljust(24, "0"), self._eager, precision,
+                                     Path(self._tmp.name))
+
+    def _eager(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ..networks.layers import fast_paths_enabled
+
+        if torch.is_grad_enabled() or not fast_paths_enabled():
+            return self.module(x)
+        return self.engine(x)
+
+
+_COMPILED: dict[tuple, CompiledPackage] = {}
 
 
 def check_models(names: Sequence[str]) -> list[str]:
@@ -70,6 +113,20 @@ def build_model(name: str, preset: str, size: Sequence[int], train: bool = False
     """
     p = get_preset(preset)
     size3 = tuple(int(s) for s in size)
+    base, precision = split_precision(name)
+    if base == PT2:  # compiled once per process and shape (about a minute each), kept for every round
+        if train:
+            return build_model("veloxseg", preset, size3, train=True)
+        key = (name, preset, size3)
+        if key not in _COMPILED:
+            _COMPILED[key] = CompiledPackage(_veloxseg("veloxseg", preset, size3).for_inference(), precision)
+        return _COMPILED[key]
+    if precision == "bf16":  # a bfloat16 copy run channels-last, float32 logits (predict --precision bf16)
+        if train:  # trained with bf16 autocast and float32 weights (the worker's step)
+            return build_model(base, preset, size3, train=True)
+        from ..inference.pt2 import for_precision
+
+        return for_precision(_veloxseg(base, preset, size3).for_inference(), "bf16")  # type: ignore[operator]
     if name == STRAIGHTFORWARD:
         return StraightforwardPaths(build_model("veloxseg", preset, size3, train)).train(train)
     if name in BASELINES:
@@ -85,6 +142,9 @@ def build_model(name: str, preset: str, size: Sequence[int], train: bool = False
 
 def training_loss(name: str) -> LossFn:
     """``loss(train-mode output, labels, image)`` of model ``name`` (each model's own loss)."""
+    name = split_precision(name)[0]
+    if name == PT2:
+        name = "veloxseg"
     if name == STRAIGHTFORWARD:
         fast = training_loss("veloxseg")
 

@@ -34,9 +34,13 @@ def size_table(result: dict[str, Any]) -> str:
 
 def ceiling_table(result: dict[str, Any]) -> str:
     """The machine's measured dense-compute ceilings per thread count."""
-    rows = ["| threads | conv3d 5×5×5, 32→32, 48³ (GFLOP/s) | matmul 4096² fp32 (GFLOP/s) |", "|---:|---:|---:|"]
+    bf16 = any("conv_bf16" in c for c in result["ceiling"].values())
+    rows = ["| threads | conv3d 5×5×5, 32→32, 48³ (GFLOP/s) | matmul 4096² fp32 (GFLOP/s) |"
+            + (" conv3d as before, bf16 channels-last (GFLOP/s) |" if bf16 else ""),
+            "|---:|---:|---:|" + ("---:|" if bf16 else "")]
     for t, c in result["ceiling"].items():
-        rows.append(f"| {t} | {c['conv']['gflops']:.1f} | {c['matmul']['gflops']:.1f} |")
+        extra = f" {c['conv_bf16']['gflops']:.1f} |" if "conv_bf16" in c else (" – |" if bf16 else "")
+        rows.append(f"| {t} | {c['conv']['gflops']:.1f} | {c['matmul']['gflops']:.1f} |{extra}")
     return "\n".join(rows)
 
 
@@ -54,6 +58,11 @@ def throughput_table(result: dict[str, Any]) -> str:
                 f"| {name} | {t} | {tm['images_per_s']:.3f} | {tm['median']:.3f} ({tm['min']:.3f}–{tm['max']:.3f}),"
                 f" n={tm['reps']} | {_f(tm.get('time_vs_veloxseg'), '.1f')} | {_f(tm.get('gflops_per_s'), '.1f')} "
                 f"| {conv_pct} | {mm_pct} |")
+    compiled = [f"{n} {e['compile_seconds']:.0f} s" for n, e in result["models"].items() if e.get("compile_seconds")]
+    if compiled:
+        rows.append("")
+        rows.append("Compiled (torch.export + AOTInductor) before the first timed forward, once per process: "
+                    + ", ".join(compiled) + ". A bf16 row's % conv ceiling is of the bf16 conv ceiling.")
     scaling = [f"{n} {e['scaling_2_vs_1']:.2f}×" for n, e in result["models"].items() if "scaling_2_vs_1" in e]
     if scaling:
         rows.append("")

@@ -21,7 +21,7 @@ from ..presets import get_preset
 from ..runtime import tune_allocator
 from ..summary import count_flops, count_parameters
 from .measure import ceilings, num_windows, time_repeated
-from .models import DEFAULT_MODELS, build_model, check_models
+from .models import BF16, BF16_MODELS, DEFAULT_MODELS, PT2, CompiledPackage, build_model, check_models, split_precision
 
 PARTS: tuple[str, ...] = ("ceiling", "throughput", "train", "volume")
 
@@ -54,13 +54,25 @@ class BenchConfig:
     overlap: float = 0.25
     sw_batch_size: int = 2
     skip: list[str] = field(default_factory=list)
+    #: ``fp32`` rows always; ``bf16`` adds a bf16 row for each of :data:`~.models.BF16_MODELS` among the models
+    #: (and the whole volume), and the bf16 conv ceiling
+    precision: list[str] = field(default_factory=lambda: ["fp32"])
 
     def validate(self) -> None:
         """Check and normalise the options (one-line ``ValueError`` on a bad one)."""
         preset = get_preset(self.preset)
         self.preset = preset.name
+        bad = [p for p in self.precision if p not in ("fp32", "bf16")]
+        if bad or not self.precision:
+            raise ValueError(f"--precision takes fp32 and/or bf16 (e.g. fp32,bf16), got {','.join(self.precision)}")
+        if "fp32" not in self.precision:
+            self.precision = ["fp32", *self.precision]  # the bf16 rows are read against fp32
         self.models = check_models(self.models)
         self.volume_models = check_models(self.volume_models) if self.volume_models else []
+        if "bf16" in self.precision:
+            self.models = check_models([*self.models, *(m + BF16 for m in self.models if m in BF16_MODELS)])
+            self.volume_models = check_models([*self.volume_models, *(m + BF16 for m in self.volume_models
+                                                                      if m in BF16_MODELS)])
         self.size = list(self.size or preset.patch_size)
         if len(self.size) == 1:
             self.size = self.size * 3
@@ -92,13 +104,15 @@ class BenchConfig:
         """The explicit ``veloxseg bench`` command line that reproduces this configuration."""
         def join(xs: list[Any], sep: str = ",") -> str:
             return sep.join(str(x) for x in xs)
-        parts = [f"veloxseg bench --preset {self.preset} --models {join(self.models)} --device {self.device}",
+        models = [m for m in self.models if not m.endswith(BF16)]
+        volume_models = [m for m in self.volume_models if not m.endswith(BF16)]
+        parts = [f"veloxseg bench --preset {self.preset} --models {join(models)} --device {self.device}",
                  f"--threads {join(self.threads)} --seconds {self.seconds:g} --min-reps {self.min_reps} "
                  f"--rounds {self.rounds}",
                  f"--size {join(self.size or [], 'x')} --train-batch {self.train_batch}",
                  f"--train-steps {self.train_steps} --train-threads {self.train_threads}",
                  f"--volume {join(self.volume, 'x')} --overlap {self.overlap:g} --sw-batch-size {self.sw_batch_size}",
-                 f"--volume-models {join(self.volume_models) or 'none'}"]
+                 f"--volume-models {join(volume_models) or 'none'} --precision {join(self.precision)}"]
         if self.skip:
             parts.append(f"--skip {join(self.skip)}")
         return " ".join(parts)
@@ -140,10 +154,15 @@ def _tasks(cfg: BenchConfig) -> int:
     if "throughput" not in cfg.skip:
         n += len(cfg.models) * (len(cfg.threads) + sum(t > 1 for t in cfg.threads)) * cfg.rounds
     if "train" not in cfg.skip:
-        n += len(cfg.models)
+        n += len(_trained(cfg.models))
     if "volume" not in cfg.skip:
         n += len(cfg.volume_models) * cfg.rounds
     return n
+
+
+def _trained(models: list[str]) -> list[str]:
+    """The models with a training-step row (a pt2 row trains as the eager network: not again)."""
+    return [m for m in models if split_precision(m)[0] != PT2]
 
 
 def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
@@ -170,7 +189,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
             for t in cfg.threads:
                 task(f"ceiling, {t} thread(s)")
                 torch.set_num_threads(t)
-                result["ceiling"][str(t)] = ceilings(cfg.seconds, cfg.min_reps, cfg.device)
+                result["ceiling"][str(t)] = ceilings(cfg.seconds, cfg.min_reps, cfg.device,
+                                                     bf16="bf16" in cfg.precision)
                 bar.update()
         for name in cfg.models:
             task(f"{name}: size and FLOPs")
@@ -204,7 +224,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
                     reference = forward_time(ref_model) if ref_model is not None and name != ref else None
                     if reference is not None:
                         _record(result["models"][ref]["throughput"], str(t), reference)
-                    timing = forward_time(model)
+                    timing = forward_time(model)  # (its warm-up compiles a pt2 row's package)
+                    if isinstance(model, CompiledPackage):
+                        result["models"][name]["compile_seconds"] = model.engine.compile_seconds
                     ratio = None if reference is None else timing["median"] / reference["median"]
                     _record(result["models"][name]["throughput"], str(t), timing, ratio)
                     bar.update()
@@ -224,7 +246,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         worker_base = {"preset": cfg.preset, "size": cfg.size, "device": cfg.device, "threads": cfg.train_threads,
                        "in_channels": in_channels}
         if "train" not in cfg.skip:
-            for name in cfg.models:
+            for name in _trained(cfg.models):
                 task(f"{name}: training step")
                 job = dict(worker_base, kind="train", model=name, batch=cfg.train_batch, steps=cfg.train_steps,
                            seconds=cfg.seconds)
@@ -247,7 +269,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
             for t in cfg.threads:  # again after the models: the ceiling is the better of the two runs
                 task(f"ceiling again, {t} thread(s)")
                 torch.set_num_threads(t)
-                again = ceilings(cfg.seconds, cfg.min_reps, cfg.device)
+                again = ceilings(cfg.seconds, cfg.min_reps, cfg.device, bf16="bf16" in cfg.precision)
                 for kind, best in result["ceiling"][str(t)].items():
                     best["runs_gflops"] = [best["gflops"], again[kind]["gflops"]]
                     if again[kind]["gflops"] > best["gflops"]:
@@ -283,8 +305,9 @@ def derive(result: dict[str, Any]) -> None:
             if entry.get("flops"):
                 timing["gflops_per_s"] = entry["flops"] / timing["median"] / 1e9
                 ceil = result["ceiling"].get(t)
-                if ceil:
-                    timing["conv_fraction"] = timing["gflops_per_s"] / ceil["conv"]["gflops"]
+                if ceil:  # a bf16 row against the bf16 conv ceiling
+                    conv = ceil.get("conv_bf16", ceil["conv"]) if split_precision(name)[1] == "bf16" else ceil["conv"]
+                    timing["conv_fraction"] = timing["gflops_per_s"] / conv["gflops"]
                     timing["matmul_fraction"] = timing["gflops_per_s"] / ceil["matmul"]["gflops"]
             if timing.get("ratio_rounds"):  # per round, against VeloxSeg timed right before
                 timing["time_vs_veloxseg"] = statistics.median(timing["ratio_rounds"])

@@ -19,7 +19,7 @@ from ..inference.graph import PREDICT_TRACE_AFTER, FrozenGraph
 from ..inference.streams import WindowStreams
 from ..runtime import tune_allocator
 from .measure import current_rss, num_windows, peak_rss, reset_peak_rss, sync
-from .models import build_model, training_loss
+from .models import CompiledPackage, build_model, split_precision, training_loss
 
 
 def _peak_start(device: str) -> int:
@@ -42,7 +42,8 @@ def _peak_growth(device: str, base: int) -> tuple[int, int]:
 def train_step(job: dict[str, Any]) -> dict[str, Any]:
     """Time training steps (forward, the model's loss, backward, AdamW step) after one warm-up step.
 
-    At least ``steps`` timed steps, and more until ``seconds`` have passed.
+    At least ``steps`` timed steps, and more until ``seconds`` have passed. A ``@bf16`` model trains under
+    CPU autocast to bfloat16 with float32 weights (``veloxseg train --precision bf16``).
     """
     device, size, batch = job["device"], job["size"], job["batch"]
     model = build_model(job["model"], job["preset"], size, train=True).to(device)
@@ -53,9 +54,12 @@ def train_step(job: dict[str, Any]) -> dict[str, Any]:
     x = torch.randn(batch, c, *size, generator=gen).to(device)
     y = (torch.rand(batch, 1, *size, generator=gen) > 0.9).long().to(device)
 
+    bf16 = split_precision(job["model"])[1] == "bf16" and device == "cpu"
+
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model(x), y, x)
         loss.backward()
         opt.step()
         return float(loss.detach())
@@ -85,10 +89,15 @@ def volume(job: dict[str, Any]) -> dict[str, Any]:
     device = job["device"]
     # as `veloxseg predict` runs it: the TorchScript graph only once enough windows pay for tracing it
     model = build_model(job["model"], job["preset"], job["size"], trace_after=PREDICT_TRACE_AFTER).to(device)
-    if isinstance(model, FrozenGraph) and device == "cpu":  # and its windows spread over the threads
+    if isinstance(model, (FrozenGraph, CompiledPackage)) and device == "cpu":  # and its windows spread over the threads
         model = WindowStreams(model)
     gen = torch.Generator().manual_seed(0)
     image = torch.randn(1, *job["volume"], generator=gen)
+    compile_seconds = None
+    if isinstance(model, CompiledPackage):  # compiled before the clock starts (predict keeps it in its cache)
+        t0 = time.perf_counter()
+        model(torch.zeros(1, job["volume"][0], *job["size"]))
+        compile_seconds = time.perf_counter() - t0
     base = _peak_start(device)
     t0 = time.perf_counter()
     logits = sliding_window_inference(image, tuple(job["size"]), job["sw_batch_size"], model,
@@ -99,7 +108,7 @@ def volume(job: dict[str, Any]) -> dict[str, Any]:
     peak, growth = _peak_growth(device, base)
     return {"seconds": seconds, "peak_memory": peak, "peak_memory_growth": growth,
             "windows": num_windows(job["volume"][1:], job["size"], job["overlap"]),
-            "output_shape": list(labels.shape)}
+            "output_shape": list(labels.shape), "compile_seconds": compile_seconds}
 
 
 def main(argv: list[str]) -> int:

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "each model, in one run. Prints markdown tables.")
     p.add_argument("--preset", default="autopet", choices=sorted(PRESETS), help="channels, classes and input size")
     p.add_argument("--models", type=_names, default=list(DEFAULT_MODELS),
-                   help=f"comma-separated (default {','.join(DEFAULT_MODELS)}); ablation variant names work too")
+                   help=f"comma-separated (default {','.join(DEFAULT_MODELS)}); ablation variant names work too, and "
+                        "veloxseg-pt2 (the torch.export + AOTInductor engine, compiled first: about a minute)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=_ints, default=[1],
                    help="thread count(s) for inference and the ceiling, e.g. 1 or 1,2 (default 1, the paper's)")
@@ -57,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sliding-window overlap (default 0.25, as veloxseg predict and the paper)")
     p.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward (default 2, as veloxseg predict)")
     p.add_argument("--skip", type=_names, default=[], help=f"parts to skip: {','.join(PARTS)}")
+    p.add_argument("--precision", type=_names, default=["fp32"],
+                   help="fp32 and/or bf16, e.g. fp32,bf16: bf16 adds a bf16 row (bfloat16 copy, channels-last; its "
+                        "training step under bf16 autocast) for veloxseg and veloxseg-pt2, and the bf16 conv ceiling "
+                        "(default fp32)")
     p.add_argument("--json", metavar="OUT", help="write the full result as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="write a bar chart")
     p.add_argument("--markdown", metavar="OUT.md", help="write the benchmark document (docs/benchmarks.md)")
@@ -99,6 +104,6 @@ def measure(args: argparse.Namespace) -> dict:
                       train_batch=args.train_batch,
                       train_steps=args.train_steps, train_threads=args.train_threads or default_threads(),
                       volume=args.volume, volume_models=args.volume_models, overlap=args.overlap,
-                      sw_batch_size=args.sw_batch_size, skip=args.skip)
+                      sw_batch_size=args.sw_batch_size, skip=args.skip, precision=args.precision)
     cfg.validate()  # fail on bad options before the long run
     return run_bench(cfg, progress=not args.no_progress)

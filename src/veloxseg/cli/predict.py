@@ -37,10 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <case>.npz with float16 class probabilities on the input grid")
     p.add_argument("--preview", action="store_true",
                    help="also write <case>.png: 3 slices through the largest predicted component")
-    p.add_argument("--engine", choices=("torch", "eager", "onnxruntime"), default="torch",
+    p.add_argument("--engine", choices=("torch", "eager", "pt2", "onnxruntime"), default="torch",
                    help="torch: PyTorch; on a CPU, after 200 network calls the network is traced into a TorchScript "
                         "graph (about 1.5-2 s once, then about 10-18%% faster per call); eager: PyTorch, never traced; "
-                        "onnxruntime (a checkpoint is exported in memory) (default: torch)")
+                        "pt2: torch.export + AOTInductor, compiled once per window shape (about a minute, needs a C++ "
+                        "compiler) and cached in ~/.cache/veloxseg ($VELOXSEG_CACHE_DIR), or a .pt2 from veloxseg "
+                        "export; onnxruntime (a checkpoint is exported in memory) (default: torch)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                   help="network precision (softmax and blending stay fp32): bf16 runs a bfloat16 copy channels-last; "
+                        "auto takes bf16 only where the CPU has native bf16 (amx_bf16/avx512_bf16) and the first "
+                        "windows' labels agree with fp32 on >= 99.5%% of voxels, else fp32 (default: fp32)")
     p.add_argument("--num-parts", type=int, default=1, help="split the cases into this many parts (nnU-Net)")
     p.add_argument("--part-id", type=int, default=0, help="which part this process predicts (0-based)")
     p.add_argument("--continue", dest="resume", action="store_true",
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.overlap < 1.0:
         raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
     predictor = Predictor.from_checkpoint(args.model, device=args.device, engine=args.engine, threads=args.threads,
+                                          precision=args.precision,
                                           overlap=args.overlap, tta=args.tta, sw_batch_size=args.sw_batch_size,
                                           window_progress=not args.quiet, tune_memory=True)
     pet_units = str(predictor.model.plan.get("pet_units", "SUVbw"))

@@ -67,13 +67,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how cases are split: veloxseg (--fold / --val-fraction, default) or authors (sorted cases, "
                         "first 60 %% train, next 20 %% validation, the rest unused)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on CUDA")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="bf16: on a CPU, the forward and loss under bfloat16 autocast with float32 master weights "
+                        "(CUDA keeps its AMP, see --no-amp) (default fp32)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.set_defaults(func=run)
 
 
 OVERRIDABLE = ("model", "variant", "num_folds", "budget_clock", "preset", "epochs", "patch_size", "spacing",
                "batch_size", "fold", "val_fraction", "iterations", "val_every", "lr", "device", "threads", "seed",
-               "cache", "num_workers", "max_minutes", "amp", "progress", "selection",
+               "cache", "num_workers", "max_minutes", "amp", "precision", "progress", "selection",
                "recipe", "split")
 
 

@@ -108,9 +108,12 @@ class FrozenGraph(nn.Module):
         with torch.inference_mode(False), torch.no_grad():
             windows = (x.clone(), x.flip(-1))
             expected = [self.module(w) for w in windows]
+            _note_torchscript()
             try:
                 with warnings.catch_warnings(), tracing_fast_kernels():
-                    warnings.simplefilter("ignore")  # tracer warnings, and TorchScript's deprecation notice
+                    # the tracer's notes on shape checks that are constant for the one traced shape; TorchScript's
+                    # own DeprecationWarning is left alone (a user who turns it into an error gets the eager network)
+                    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
                     graph = torch.jit.freeze(torch.jit.trace(self.module, (windows[0],), check_trace=False))
                     for _ in range(3 if self.fold else 0):  # a second round folds what the first made constant
                         if not _fold_constants(graph, windows[0]):
@@ -128,6 +131,13 @@ class FrozenGraph(nn.Module):
             log.warning("the traced TorchScript graph does not reproduce eager logits; running the network eagerly")
             return None
         return graph
+
+
+@functools.lru_cache(maxsize=1)
+def _note_torchscript() -> None:
+    """Say once per process that the graph stands on TorchScript, which PyTorch deprecates."""
+    log.info("tracing the network into a TorchScript graph (TorchScript is deprecated by PyTorch; if tracing fails "
+             "the network runs eagerly; --engine pt2 is its torch.export successor, docs/engines.md)")
 
 
 _CONTAINERS = {"prim::ListConstruct", "prim::TupleConstruct", "prim::ListUnpack", "prim::TupleUnpack"}

@@ -101,6 +101,7 @@ class Predictor:
 
     def __init__(self, model: LoadedModel, overlap: float = 0.25, tta: bool = False, sw_batch_size: int = 2,
                  device: str | torch.device = "cpu", window_progress: bool = False) -> None:
+        """``model.precision`` ``auto`` is decided on the first batch of windows (:mod:`.precision`)."""
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         self.model = model
@@ -113,8 +114,10 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu", engine: str = "torch",
-                        threads: int | None = None, tune_memory: bool = False, **kwargs: Any) -> Predictor:
-        """Load ``path`` (a checkpoint, or a model from ``veloxseg export``); ``kwargs`` go to the constructor.
+                        threads: int | None = None, tune_memory: bool = False, precision: str = "fp32",
+                        **kwargs: Any) -> Predictor:
+        """Load ``path`` (a checkpoint, or a model from ``veloxseg export``) to run with ``engine`` in ``precision``
+        (``auto``, ``fp32`` or ``bf16``: :func:`~.engines.load_model`); ``kwargs`` go to the constructor.
 
         ``threads`` sets torch's thread count; ``tune_memory`` sets glibc's allocator thresholds for the
         whole process (:func:`veloxseg.runtime.tune_allocator`, what the CLI does). Neither is
@@ -134,7 +137,7 @@ class Predictor:
             torch.set_num_threads(int(threads))
         if device.type == "cpu" and tune_memory:
             tune_allocator()
-        return cls(load_model(path, engine, device, threads), device=device, **kwargs)
+        return cls(load_model(path, engine, device, threads, precision), device=device, **kwargs)
 
     # -- preprocessing -------------------------------------------------------------------------
 
@@ -164,8 +167,22 @@ class Predictor:
 
     # -- network ---------------------------------------------------------------------------------
 
+    def _decide_precision(self, x: torch.Tensor) -> None:
+        """``auto``: compute the first windows in fp32 and bf16 and keep bf16 only if the labels agree."""
+        from .precision import choose
+
+        m = self.model
+        assert m.bf16_engine is not None
+        reference = m.reference or m.engine
+        chosen, _ = choose(reference(x).float().cpu(), m.bf16_engine(x).float().cpu())
+        if chosen == "bf16":
+            m.engine = m.bf16_engine
+        m.precision, m.bf16_engine, m.reference = chosen, None, None
+
     def _window(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of a batch of windows, averaged over the flips when TTA is on."""
+        """Logits of a batch of windows, averaged over the flips when TTA is on (float32 whatever the precision)."""
+        if self.model.precision == "auto":
+            self._decide_precision(x)
         axes_sets = flip_axes_sets(self.tta)
         total = None
         for axes in axes_sets:
@@ -329,7 +346,7 @@ class Predictor:
     def describe(self) -> str:
         """One line on the loaded model, for logs and the run summary."""
         m = self.model
-        return (f"{m.source.name} ({m.engine_name}, {m.num_channels} channel(s): {', '.join(m.channel_names)}, "
+        return (f"{m.source.name} ({m.engine_name}, {m.precision}, {m.num_channels} channel(s): {', '.join(m.channel_names)}, "
                 f"patch {list(m.patch_size)}, spacing {list(m.plan['spacing'])}, overlap {self.overlap}"
                 f"{', flip TTA' if self.tta else ''})")
 

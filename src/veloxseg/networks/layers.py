@@ -132,15 +132,18 @@ def matmul_narrow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class _DropoutMatmul(torch.autograd.Function):
     """``dropout(a) @ b`` keeping only ``a``, ``b`` and a seed: the dropped ``a`` (what a matmul saves)
     is rebuilt in the backward from the regenerated mask. For attention, ``a`` is the softmax output,
-    which the softmax keeps anyway, so the score-sized dropped copy and mask are not kept at all."""
+    which the softmax keeps anyway, so the score-sized dropped copy and mask are not kept at all. Under CPU
+    autocast (``veloxseg train --precision bf16``) the backward runs in the forward's autocast state."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")  # CPU only: dropout_matmul takes it on the CPU fast path alone
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
         ctx.seed, ctx.p = _draw_seed(), p
         ctx.save_for_backward(a, b)
         return matmul_narrow(a * _keep_mask(a, p, ctx.seed), b)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         a, b = ctx.saved_tensors
         mask = _keep_mask(a, ctx.p, ctx.seed)

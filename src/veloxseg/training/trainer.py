@@ -68,6 +68,7 @@ class TrainConfig:
     threads: int | None = None
     seed: int = 0
     amp: bool = True  # only on CUDA
+    precision: str = "fp32"  # "bf16": on a CPU, autocast to bfloat16 with float32 master weights (CUDA: see amp)
     cache: str = "memory"  # memory | disk | none
     num_workers: int = 0
     iterations: int | None = None  # optimizer steps per epoch; None: one pass over the training cases
@@ -179,6 +180,9 @@ class Trainer:
         get_recipe(config.recipe)  # an unknown recipe or split rule fails before any work
         if config.split not in ("veloxseg", "authors"):
             raise InputError(f"unknown split rule {config.split!r}; choose veloxseg or authors")
+        if config.precision not in ("fp32", "bf16"):
+            raise InputError(f"--precision must be fp32 or bf16, got {config.precision!r}")
+        self.cpu_bf16 = config.precision == "bf16" and self.device.type == "cpu"
         self.start_epoch = 0
         self._epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -442,12 +446,19 @@ class Trainer:
         self.seed_epoch(epoch)
         self.model.train()
 
+    def autocast(self) -> torch.autocast:
+        """Mixed precision of the forward: CUDA AMP (``amp``), or bfloat16 on a CPU (``precision="bf16"``); the
+        weights, gradients and optimizer state stay float32."""
+        if self.cpu_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=self.use_amp)
+
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimisation step on a batch; returns the (local) loss parts."""
         x = batch["image"].to(self.device, non_blocking=True).float()
         y = batch["label"].to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=self.use_amp):
+        with self.autocast():
             out = self.model(x)
             parts = self.loss_fn(out, y, x)
         if not torch.isfinite(parts.total.detach()):
@@ -513,7 +524,7 @@ class Trainer:
         for item in self.val_ds:
             x = torch.as_tensor(item["image"])[None].to(self.device).float()
             y = torch.as_tensor(item["label"])[None].to(self.device).long()
-            with torch.autocast(self.device.type, enabled=self.use_amp):
+            with self.autocast():
                 logits = sliding_window_inference(x, self.plan["patch_size"], self.config.sw_batch_size, net,
                                                   overlap=self.config.sw_overlap, mode="gaussian")
             pred = logits.float().argmax(1, keepdim=True)
