@@ -16,8 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict", help="segment NIfTI cases (a folder <case>_0000.nii.gz ... or one case's channel files)",
         description="Segment new cases with the preprocessing stored in the checkpoint; writes <case>.nii.gz "
                     "(uint8, exactly the input's shape and affine) into OUTPUT_DIR.")
-    p.add_argument("-m", "--model", required=True, type=Path,
-                   help="checkpoint (.pt from veloxseg train) or exported model (veloxseg export)")
+    p.add_argument("-m", "--model", required=True, type=Path, nargs="+",
+                   help="checkpoint (.pt from veloxseg train) or exported model (veloxseg export); several, or a "
+                        "run folder of folds (veloxseg train --fold all): an ensemble, the mean of their softmax "
+                        "probabilities")
+    p.add_argument("--folds", type=int, nargs="+", metavar="K",
+                   help="with -m RUN_DIR: ensemble only these folds (default: every fold)")
     p.add_argument("-i", "--input", required=True, nargs="+",
                    help="folder of <case>_<XXXX>.nii.gz files, or one case: one file per channel, training order")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder (created if missing)")
@@ -48,16 +52,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict ``args.input`` into ``args.output``."""
-    from ..inference import Predictor, predict_cases, resolve_input, select_part
+    from ..inference import predict_cases, resolve_input, select_part
+    from ..inference.ensemble import load_predictor
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if not 0.0 <= args.overlap < 1.0:
         raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
-    predictor = Predictor.from_checkpoint(args.model, device=args.device, engine=args.engine, threads=args.threads,
-                                          overlap=args.overlap, tta=args.tta, sw_batch_size=args.sw_batch_size,
-                                          window_progress=not args.quiet, tune_memory=True)
+    predictor = load_predictor(args.model, args.folds, device=args.device, engine=args.engine, threads=args.threads,
+                               overlap=args.overlap, tta=args.tta, sw_batch_size=args.sw_batch_size,
+                               window_progress=not args.quiet, tune_memory=True)
     cases = resolve_input(args.input, predictor.model.channel_names)
     mine = select_part(cases, args.num_parts, args.part_id)
     if not args.quiet:

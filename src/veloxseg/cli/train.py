@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if args.freeze and not args.init_from and not args.resume:
         raise InputError("--freeze needs --init-from CHECKPOINT: a fixed, freshly initialised encoder learns nothing")
     if args.fold == "all":
-        from ..training.folds import train_all_folds
-
-        return train_all_folds(args)
+        return run_all_folds(args)
     if args.parallel is not None:
         raise InputError("--parallel applies to --fold all")
     config = build_config(args)
@@ -136,3 +135,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"best checkpoint: {summary['best_checkpoint']}")
         print(f"last checkpoint: {summary['last_checkpoint']}")
     return 0
+
+
+def run_all_folds(args: argparse.Namespace) -> int:
+    """``--fold all``: every fold into ``RUN_DIR/fold_K/`` (:mod:`veloxseg.training.folds`); 1 if one failed."""
+    from ..io import read_json_object
+    from ..training import TrainConfig
+    from ..training.folds import CONFIG_NAME, summary_lines, train_folds
+
+    base: dict[str, Any] = {"dataset": args.dataset, "output": args.output}
+    saved = Path(args.output) / CONFIG_NAME
+    if args.resume and saved.is_file():
+        base = {**read_json_object(saved, "cross-validation configuration"), **base}
+    for key in OVERRIDABLE:
+        value = getattr(args, key, None)
+        if value is not None and key not in ("fold", "splits"):
+            base[key] = list(value) if isinstance(value, (list, tuple)) else value
+    base["fold"], base["splits"] = None, None
+    summary = train_folds(TrainConfig.from_dict(base), parallel=args.parallel or 1, resume=args.resume,
+                          overwrite=args.overwrite, splits_file=args.splits)
+    from ..training import distributed as dist_utils
+
+    if dist_utils.env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0:
+        for line in summary_lines(summary):
+            print(line)
+        print(f"folds: {Path(args.output)}/fold_K/checkpoint_best.pt; ensemble them with "
+              f"veloxseg predict -m {args.output} -i INPUT -o OUTPUT")
+    return 1 if any(s["status"] == "failed" for s in summary) else 0

@@ -105,14 +105,21 @@ class Predictor:
         self._transform = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu", engine: str = "torch",
-                        threads: int | None = None, tune_memory: bool = False, **kwargs: Any) -> Predictor:
+    def from_checkpoint(cls, path: str | os.PathLike | Sequence[str | os.PathLike], device: str | torch.device = "cpu",
+                        engine: str = "torch", threads: int | None = None, tune_memory: bool = False,
+                        **kwargs: Any) -> Predictor:
         """Load ``path`` (a checkpoint, or a model from ``veloxseg export``); ``kwargs`` go to the constructor.
 
-        ``threads`` sets torch's thread count; ``tune_memory`` sets glibc's allocator thresholds for the
-        whole process (:func:`veloxseg.runtime.tune_allocator`, what the CLI does). Neither is
-        changed unless asked.
+        A list of models, or a run folder of folds (``veloxseg train --fold all``), gives an ensemble
+        (:class:`~.ensemble.EnsemblePredictor`). ``threads`` sets torch's thread count; ``tune_memory``
+        sets glibc's allocator thresholds for the whole process (:func:`veloxseg.runtime.tune_allocator`,
+        what the CLI does). Neither is changed unless asked.
         """
+        if not isinstance(path, (str, os.PathLike)) or os.path.isdir(path):
+            from .ensemble import load_predictor
+
+            return load_predictor(path, device=device, engine=engine, threads=threads, tune_memory=tune_memory,
+                                  **kwargs)
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:

@@ -325,8 +325,14 @@ class Trainer:
             self.check_same_cases(resume_ckpt)
         else:
             self.dataset, self.plan = self.build_plan()
-            train, val = split_cases([c.name for c in self.dataset.cases], self.config.fold, self.config.val_fraction,
-                                     num_folds=self.config.num_folds)
+            names = [c.name for c in self.dataset.cases]
+            if self.config.splits:  # a fold of a splits file (nnU-Net's splits_final.json; --fold all)
+                from ..data.split import split_from_file
+
+                train, val = split_from_file(self.config.splits, names, self.config.fold)
+            else:
+                train, val = split_cases(names, self.config.fold, self.config.val_fraction,
+                                         num_folds=self.config.num_folds)
             self.split = {"train": train, "val": val}
         if not self.split["train"]:
             raise InputError(f"{self.config.dataset}: no training cases left after the split")
