@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.model, args.folds, device=args.device, engine=args.engine, threads=args.threads,
                                overlap=args.overlap, tta=args.tta, sw_batch_size=args.sw_batch_size,
                                window_progress=not args.quiet, tune_memory=True)
-    cases = resolve_input(args.input, predictor.model.channel_names)
+    from ..inference.missing import allows_missing
+
+    cases = resolve_input(args.input, predictor.model.channel_names, allow_missing=allows_missing(predictor))
     mine = select_part(cases, args.num_parts, args.part_id)
     if not args.quiet:
         print(f"model: {predictor.describe()}")

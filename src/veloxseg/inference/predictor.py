@@ -243,14 +243,19 @@ class Predictor:
         return image
 
     def predict_case_array(self, image: np.ndarray, affine: np.ndarray, name: str = "array",
-                           keep_probabilities: bool = False) -> CasePrediction:
-        """Predict a ``(C, x, y, z)`` image with its voxel-to-world ``affine``; labels on the same grid."""
+                           keep_probabilities: bool = False, missing: Sequence[int] = ()) -> CasePrediction:
+        """Predict a ``(C, x, y, z)`` image with its voxel-to-world ``affine``; labels on the same grid.
+
+        ``missing``: channels that are placeholders (:mod:`.missing`), zeroed after normalisation.
+        """
         start = time.perf_counter()
         image = self._check_array(image, name)
         affine = np.asarray(affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
             raise InputError(f"{name}: the affine must be a finite 4x4 matrix, got shape {affine.shape}")
         pre = self._preprocess(image, affine, name)
+        if missing:
+            pre[list(missing)] = 0.0  # as in training with modality dropout
         probs, padded = self._probabilities(pre, name)
         labels, stack = self._to_input_grid(probs, pre, keep_probabilities)
         if labels.shape != image.shape[1:]:  # cannot happen unless the preprocessing is not invertible
@@ -266,9 +271,15 @@ class Predictor:
         """The channels of ``case`` stacked ``(C, x, y, z)``, their affine, and channel 0's image (header)."""
         from ..io import check_same_grid, read_header, read_nifti
 
-        if len(case.channels) != self.model.num_channels:
+        if len(case.channels) + len(case.missing) != self.model.num_channels:
             raise InputError(f"{case.channels[0]}: case {case.name} has {len(case.channels)} channel file(s), the "
                              f"model takes {self.model.num_channels} ({', '.join(self.model.channel_names)})")
+        if case.missing:
+            from .missing import check_missing_allowed
+
+            for model in getattr(self, "members", [self]):
+                check_missing_allowed(model.model.plan, case.name, case.missing, self.model.channel_names,
+                                      model.model.source)
         problems = check_same_grid([read_header(p) for p in case.channels])
         if problems:
             raise InputError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
@@ -277,6 +288,12 @@ class Predictor:
             data, aff = read_nifti(p)
             arrays.append(data)
             affine = aff if affine is None else affine
+        if case.missing:
+            from .missing import placeholders
+
+            present = iter(arrays)
+            arrays = placeholders([None if c in case.missing else next(present)
+                                   for c in range(self.model.num_channels)], self.model.plan)
         reference = nib.load(str(case.channels[0]))
         return np.stack(arrays), np.asarray(reference.affine, dtype=np.float64), reference
 
@@ -284,7 +301,15 @@ class Predictor:
         """Predict one :class:`Case` read from its files; labels on channel 0's grid."""
         start = time.perf_counter()
         image, affine, reference = self.read_case(case)
-        result = self.predict_case_array(image, affine, str(case.channels[0]), keep_probabilities)
+        if case.missing:
+            from .missing import missing_info
+
+            absent = ", ".join(f"channel {c} ({self.model.channel_names[c]})" for c in case.missing)
+            log.warning("case %s: %s missing: predicted with it zeroed (the model was trained with modality "
+                        "dropout %s)", case.name, absent, self.model.plan.get("modality_dropout"))
+        result = self.predict_case_array(image, affine, str(case.channels[0]), keep_probabilities, missing=case.missing)
+        if case.missing:
+            result.info.update(missing_info(case.missing, self.model.channel_names, self.model.plan))
         result.reference = reference
         result.seconds = time.perf_counter() - start
         return result

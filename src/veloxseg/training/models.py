@@ -99,6 +99,7 @@ class ModelTrainer(Trainer):
     def build_network(self, in_channels: list[int], out_channels: int, patch_size: list[int]) -> nn.Module:
         """:meth:`build_model_network`, then ``--init-from`` weights and ``--freeze`` (:mod:`.finetune`)."""
         source = self.read_init_source(list(patch_size))
+        self.record_modality_dropout(in_channels)
         network = self.build_model_network(in_channels, out_channels, patch_size)
         if source is not None:
             self.init_weights(network, *source)
@@ -109,6 +110,49 @@ class ModelTrainer(Trainer):
             self.log(f"--freeze {self.config.freeze}: {count:,} parameters fixed; "
                      f"{sum(p.numel() for p in network.parameters() if p.requires_grad):,} trained")
         return network
+
+    def record_modality_dropout(self, in_channels: list[int]) -> None:
+        """``--modality-dropout``: check it, keep the channel groups, and record both in the plan (checkpoints)."""
+        from .modality import channel_groups
+
+        p = float(self.config.modality_dropout or 0.0)
+        self.modality_in_channels = list(in_channels)
+        self.modality_groups = channel_groups(in_channels)
+        if not p:
+            self.plan.pop("modality_dropout", None)
+            self.plan.pop("modality_groups", None)
+            return
+        if not 0.0 < p < 1.0:
+            raise InputError(f"--modality-dropout must be in [0, 1), got {p}")
+        if len(self.modality_groups) < 2:
+            raise InputError(f"--modality-dropout: {self.config.dataset} has a single input channel; there is "
+                             f"nothing to drop")
+        self.plan["modality_dropout"] = p
+        self.plan["modality_groups"] = self.modality_groups
+        names = self.dataset.channel_names
+        self.log(f"modality dropout {p}: per sample, each of "
+                 f"{', '.join('+'.join(names[c] for c in g) for g in self.modality_groups)} zeroed with probability "
+                 f"{p}, never all")
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """:meth:`Trainer.train_step`; with ``--modality-dropout`` on a batch with channel groups zeroed.
+
+        The loss's teacher terms then count only the present channels and blocks (:meth:`VeloxSegLoss.presence`).
+        """
+        p = float(self.config.modality_dropout or 0.0)
+        if not p:
+            return super().train_step(batch)
+        from .modality import blocks_present, draw_keep, drop_channels
+
+        image = batch["image"]
+        keep = draw_keep(image.shape[0], self.modality_groups, p)
+        batch = {**batch, "image": drop_channels(image, keep)}
+        presence = getattr(self.loss_fn, "presence", None)
+        if presence is None:  # a baseline's loss has no teacher terms
+            return super().train_step(batch)
+        device = self.device
+        with presence(keep.to(device), blocks_present(keep, self.modality_in_channels).to(device)):
+            return super().train_step(batch)
 
     def read_init_source(self, patch_size: list[int]) -> tuple[dict[str, Any], str] | None:
         """The ``--init-from`` checkpoint and its file's SHA-256 (a new run only; a resumed one has its weights).
