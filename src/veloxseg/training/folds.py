@@ -22,7 +22,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, VeloxSegError
 from . import distributed as dist_utils
 from .models import ModelTrainer
 from .trainer import TrainConfig
@@ -115,7 +115,9 @@ def train_fold(config: dict[str, Any], resume: bool, overwrite: bool) -> dict[st
         finally:
             if dist_utils.env_world_size() <= 1:
                 trainer.close()
-    except (InputError, ValueError, RuntimeError, OSError) as err:  # one fold failing never stops the others
+    except (VeloxSegError, ValueError, RuntimeError, OSError) as err:  # one fold failing never stops the others
+        if dist_utils.env_world_size() > 1:  # ... except under torchrun: every rank must stop together
+            raise
         return {"fold": fold, "status": "failed", "error": " ".join(str(err).split()) or type(err).__name__}
     return {"fold": fold, "status": "resumed" if resume else "trained", "epochs": summary["epochs"],
             "best_val_dice": summary["best_val_dice"], "best_epoch": summary["best_epoch"],

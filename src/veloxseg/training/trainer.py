@@ -70,9 +70,10 @@ class TrainConfig:
     variant: str | None = None  # an ablation variant of VeloxSeg (veloxseg.variants.VARIANTS)
     num_folds: int = 5  # folds of the k-fold split that ``fold`` picks from
     budget_clock: str = "wall"  # max_minutes of wall-clock time, or "cpu": of this process's CPU time (ModelTrainer)
+    # the next four are implemented by ModelTrainer (what veloxseg train runs)
     init_from: str | None = None  # start from this checkpoint's weights (name and shape match; training.finetune)
     init_from_sha256: str | None = None  # SHA-256 of init_from's file, recorded when the run starts
-    freeze: str | None = None  # "encoder": train the decoder and heads only (ModelTrainer)
+    freeze: str | None = None  # "encoder": train the decoder and heads only
     modality_dropout: float = 0.0  # per sample, zero each channel group with this probability (training.modality)
     splits: str | None = None  # nnU-Net splits_final.json to take fold ``fold`` from (data.split.read_splits)
 
