@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -112,6 +113,21 @@ class VeloxSegLoss(nn.Module):
         self.lambda_sdkt = lambda_sdkt
         self.ds_weights = list(ds_weights) if ds_weights is not None else None
         self.dice_ce = DeepSupervisionDiceCE(include_background)
+        self._present: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @contextlib.contextmanager
+    def presence(self, channels: torch.Tensor, blocks: torch.Tensor) -> Iterator[None]:
+        """Within the block, the teachers' terms count only what is present (modality dropout).
+
+        ``channels`` ``(B, C)`` and ``blocks`` ``(B, M)`` bool: the reconstruction MSE is averaged over
+        the present channels of each sample, the Gram term over the (sample, teacher) pairs whose
+        block is present. With everything present both equal the unmasked terms.
+        """
+        self._present = (channels, blocks)
+        try:
+            yield
+        finally:
+            self._present = None
 
     def forward(self, output: VeloxSegOutput | torch.Tensor, target: torch.Tensor,
                 image: torch.Tensor | None = None) -> VeloxSegLossParts:
@@ -133,9 +149,25 @@ class VeloxSegLoss(nn.Module):
         if output.reconstruction is not None:
             if image is None:
                 raise ValueError("the output has a reconstruction: pass the input image as the reconstruction target")
-            rc = F.mse_loss(output.reconstruction, image)
+            if self._present is None:
+                rc = F.mse_loss(output.reconstruction, image)
+            else:
+                rc = _masked_mse(output.reconstruction.float(), image.float(), self._present[0])
         sdkt = zero
         if output.gram_student is not None and output.gram_teachers:
-            sdkt = torch.stack([F.mse_loss(g, output.gram_student) for g in output.gram_teachers]).mean()
+            if self._present is None:
+                sdkt = torch.stack([F.mse_loss(g, output.gram_student) for g in output.gram_teachers]).mean()
+            else:
+                per = torch.stack([(g.float() - output.gram_student.float()).square().flatten(1).mean(1)
+                                   for g in output.gram_teachers], dim=1)  # (B, M)
+                w = self._present[1].to(per.device, per.dtype)
+                sdkt = (per * w).sum() / w.sum().clamp_min(1.0)
         total = seg + self.lambda_rc * rc + self.lambda_sdkt * sdkt
         return VeloxSegLossParts(total, seg.detach(), rc.detach(), sdkt.detach())
+
+
+def _masked_mse(pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the channels ``keep`` ``(B, C)`` marks present."""
+    w = keep.to(pred.device, pred.dtype).view(*keep.shape, *(1,) * (pred.dim() - 2))
+    voxels = pred[0, 0].numel()
+    return ((pred - target).square() * w).sum() / (w.sum() * voxels).clamp_min(1.0)

@@ -30,3 +30,8 @@ def positive_float(text: str) -> float:
 def fraction(text: str) -> float:
     """A number in (0, 1)."""
     return _number(text, float, lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
+def probability(text: str) -> float:
+    """A number in [0, 1)."""
+    return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")

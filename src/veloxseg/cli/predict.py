@@ -19,8 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Segment new cases with the preprocessing stored in the checkpoint; writes <case>.nii.gz "
                     "(uint8, exactly the input's shape and affine; for DICOM input the CT's grid) into OUTPUT_DIR, "
                     "and with --output-type/--stats a DICOM-SEG and lesion statistics.")
-    p.add_argument("-m", "--model", required=True, type=Path,
-                   help="checkpoint (.pt from veloxseg train) or exported model (veloxseg export)")
+    p.add_argument("-m", "--model", required=True, type=Path, nargs="+",
+                   help="checkpoint (.pt from veloxseg train) or exported model (veloxseg export); several, or a "
+                        "run folder of folds (veloxseg train --fold all): an ensemble, the mean of their softmax "
+                        "probabilities")
+    p.add_argument("--folds", type=int, nargs="+", metavar="K",
+                   help="with -m RUN_DIR: ensemble only these folds (default: every fold)")
     p.add_argument("-i", "--input", required=True, nargs="+",
                    help="folder of <case>_<XXXX>.nii.gz files, or one case: one file per channel, training order; "
                         "or DICOM: a study folder (one series per modality, sub-folders allowed; a folder of "
@@ -72,7 +76,9 @@ def run_with_workdir(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Predict ``args.input`` into ``args.output``."""
-    from ..inference import Predictor, predict_cases, resolve_input, select_part
+    from ..inference import predict_cases, resolve_input, select_part
+    from ..inference.ensemble import load_predictor
+    from ..inference.missing import allows_missing
     from ..inference.reports import ReportRun
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
@@ -80,12 +86,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if not 0.0 <= args.overlap < 1.0:
         raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
-    predictor = Predictor.from_checkpoint(args.model, device=args.device, engine=args.engine, threads=args.threads,
-                                          precision=args.precision,
-                                          overlap=args.overlap, tta=args.tta, sw_batch_size=args.sw_batch_size,
-                                          window_progress=not args.quiet, tune_memory=True)
+    predictor = load_predictor(args.model, args.folds, device=args.device, engine=args.engine, threads=args.threads,
+                               precision=args.precision, overlap=args.overlap, tta=args.tta,
+                               sw_batch_size=args.sw_batch_size, window_progress=not args.quiet, tune_memory=True)
     pet_units = str(predictor.model.plan.get("pet_units", "SUVbw"))
-    cases = resolve_input(args.input, predictor.model.channel_names, getattr(args, "dicom_workdir", None), pet_units)
+    cases = resolve_input(args.input, predictor.model.channel_names, getattr(args, "dicom_workdir", None), pet_units,
+                          allow_missing=allows_missing(predictor))
     mine = select_part(cases, args.num_parts, args.part_id)
     reports = ReportRun(args.output, args.output_type, args.stats, getattr(args, "dicom_workdir", None), args.resume,
                         pet_units, overwrite=args.overwrite)

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
-from .args import fraction, positive_float, positive_int
+from .args import fraction, positive_float, positive_int, probability
+
+
+def fold_value(text: str) -> int | str:
+    """``--fold``: an integer (``-1``: all cases, no validation) or ``all`` (every fold)."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fold number, -1 or all, got {text!r}") from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"must be a fold number, -1 or all, got {text}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,12 +45,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="target spacing in mm, RAS order (default: from the dataset fingerprint)")
     p.add_argument("--batch-size", type=positive_int, help="volumes per step, each giving 2 crops (default 2)")
     split = p.add_mutually_exclusive_group()
-    split.add_argument("--fold", type=int, help="5-fold cross-validation fold 0-4 (-1: train on all cases)")
+    split.add_argument("--fold", type=fold_value,
+                       help="cross-validation fold 0..K-1 of --num-folds (-1: train on all cases; all: train every "
+                            "fold into RUN_DIR/fold_K/, resumable per fold)")
     split.add_argument("--val-fraction", type=fraction, help="fraction of cases held out for validation (default 0.2)")
     p.add_argument("--iterations", type=positive_int,
                    help="optimizer steps per epoch (default: one pass over the training cases; with "
                         "--time-budget 50; raise it for datasets with few cases)")
     p.add_argument("--num-folds", type=positive_int, help="folds of the cross-validation --fold picks from (default 5)")
+    p.add_argument("--splits", metavar="SPLITS_JSON",
+                   help="take the folds from this file in nnU-Net's splits_final.json format (a list of "
+                        "{\"train\": [...], \"val\": [...]}), e.g. an existing nnU-Net run's")
+    p.add_argument("--parallel", type=positive_int, metavar="N",
+                   help="with --fold all: train N folds at once, as separate processes (default 1)")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights: every tensor whose name and shape match is loaded "
+                        "(a different class count re-initialises the head); recorded in run_info.json")
+    p.add_argument("--freeze", choices=("encoder",),
+                   help="with --init-from: keep the encoder fixed and train the decoder and heads (tiny datasets)")
+    p.add_argument("--modality-dropout", type=probability, metavar="P",
+                   help="per sample, zero each input channel group (a modality, or one sequence of an MRI "
+                        "block) with probability P, never all; the model can then predict with a channel "
+                        "missing (default 0)")
     p.add_argument("--val-every", type=positive_int, help="validate every N epochs (default 5; with --time-budget 1)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default 2.5e-4; with --time-budget 2e-3)")
     p.add_argument("--selection", choices=("auto", "ema", "best", "last"),  # training.selection.RULES
@@ -77,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 OVERRIDABLE = ("model", "variant", "num_folds", "budget_clock", "preset", "epochs", "patch_size", "spacing",
                "batch_size", "fold", "val_fraction", "iterations", "val_every", "lr", "device", "threads", "seed",
                "cache", "num_workers", "max_minutes", "amp", "precision", "progress", "selection",
-               "recipe", "split")
+               "recipe", "split", "init_from", "freeze", "modality_dropout", "splits")
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -115,9 +145,15 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..training import ModelTrainer
 
-    config = build_config(args)
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite contradict each other: choose one")
+    if args.freeze and not args.init_from and not args.resume:
+        raise InputError("--freeze needs --init-from CHECKPOINT: a fixed, freshly initialised encoder learns nothing")
+    if args.fold == "all":
+        return run_all_folds(args)
+    if args.parallel is not None:
+        raise InputError("--parallel applies to --fold all")
+    config = build_config(args)
     trainer = ModelTrainer(config, resume=args.resume, overwrite=args.overwrite)
     try:
         summary = trainer.run_training()
@@ -131,3 +167,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"best checkpoint: {summary['best_checkpoint']}")
         print(f"last checkpoint: {summary['last_checkpoint']}")
     return 0
+
+
+def run_all_folds(args: argparse.Namespace) -> int:
+    """``--fold all``: every fold into ``RUN_DIR/fold_K/`` (:mod:`veloxseg.training.folds`); 1 if one failed."""
+    from ..io import read_json_object
+    from ..training import TrainConfig
+    from ..training.folds import CONFIG_NAME, summary_lines, train_folds
+
+    base: dict[str, Any] = {"dataset": args.dataset, "output": args.output}
+    saved = Path(args.output) / CONFIG_NAME
+    if args.resume and saved.is_file():
+        base = {**read_json_object(saved, "cross-validation configuration"), **base}
+    for key in OVERRIDABLE:
+        value = getattr(args, key, None)
+        if value is not None and key not in ("fold", "splits"):
+            base[key] = list(value) if isinstance(value, (list, tuple)) else value
+    base["fold"], base["splits"] = None, None
+    summary = train_folds(TrainConfig.from_dict(base), parallel=args.parallel or 1, resume=args.resume,
+                          overwrite=args.overwrite, splits_file=args.splits)
+    from ..training import distributed as dist_utils
+
+    if dist_utils.env_world_size() <= 1 or int(os.environ.get("RANK", "0")) == 0:
+        for line in summary_lines(summary):
+            print(line)
+        print(f"folds: {Path(args.output)}/fold_K/checkpoint_best.pt; ensemble them with "
+              f"veloxseg predict -m {args.output} -i INPUT -o OUTPUT")
+    return 1 if any(s["status"] == "failed" for s in summary) else 0

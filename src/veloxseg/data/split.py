@@ -1,8 +1,17 @@
-"""Train/validation splits of case names: k-fold (nnU-Net's 5 folds), a held-out fraction, or the authors' rule."""
+"""Train/validation splits of case names: k-fold (nnU-Net's 5 folds), a held-out fraction, or the authors' rule.
+
+Splits files use nnU-Net's ``splits_final.json`` format, a list with one ``{"train": [...], "val": [...]}``
+per fold, so an existing nnU-Net split carries over (``veloxseg train --splits FILE``) and
+``veloxseg train --fold all`` writes its ``RUN_DIR/splits.json`` in the same format.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,3 +61,78 @@ def authors_split(names: Sequence[str], train_rate: float = AUTHORS_TRAIN_RATE,
     n = len(names)
     first, second = int(train_rate * n), int((train_rate + val_rate) * n)
     return names[:first], names[first:second]
+
+
+def kfold_splits(names: Sequence[str], num_folds: int = NUM_FOLDS, seed: int = SPLIT_SEED) -> list[dict[str, list[str]]]:
+    """Every fold of :func:`split_cases`, as nnU-Net's ``splits_final.json``: ``[{"train": [...], "val": [...]}, ...]``."""
+    out = []
+    for fold in range(num_folds):
+        train, val = split_cases(names, fold, seed=seed, num_folds=num_folds)
+        out.append({"train": train, "val": val})
+    return out
+
+
+def check_splits(splits: Any, names: Sequence[str] | None = None, where: str = "splits") -> list[dict[str, list[str]]]:
+    """``splits`` as a list of ``{"train", "val"}`` lists of case names, or an :class:`InputError` naming ``where``.
+
+    With ``names`` (the dataset's cases) every name in the splits must be one of them.
+    """
+    from ..errors import InputError
+
+    if not isinstance(splits, list) or not splits:
+        raise InputError(f"{where}: expected nnU-Net's splits format, a non-empty list of "
+                         f'{{"train": [...], "val": [...]}}, one per fold')
+    out = []
+    known = set(names) if names is not None else None
+    for k, fold in enumerate(splits):
+        if not isinstance(fold, dict) or not all(isinstance(fold.get(key), list) for key in ("train", "val")):
+            raise InputError(f'{where}: fold {k} is not {{"train": [...], "val": [...]}}')
+        train, val = [str(n) for n in fold["train"]], [str(n) for n in fold["val"]]
+        if not train:
+            raise InputError(f"{where}: fold {k} has no training cases")
+        both = sorted(set(train) & set(val))
+        if both:
+            raise InputError(f"{where}: fold {k} has {', '.join(both[:3])} both in train and in val")
+        if known is not None:
+            unknown = sorted((set(train) | set(val)) - known)
+            if unknown:
+                raise InputError(f"{where}: fold {k} names case(s) the dataset does not hold: "
+                                 f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        out.append({"train": train, "val": val})
+    return out
+
+
+def read_splits(path: str | os.PathLike, names: Sequence[str] | None = None) -> list[dict[str, list[str]]]:
+    """Read a ``splits_final.json`` (nnU-Net's format, or one written by ``veloxseg train --fold all``)."""
+    from ..errors import InputError
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{p}: splits file not found") from None
+    except (OSError, ValueError) as err:
+        raise InputError(f"{p}: not a readable JSON splits file ({err})") from None
+    return check_splits(data, names, str(p))
+
+
+def write_splits(path: str | os.PathLike, splits: Sequence[dict[str, list[str]]]) -> Path:
+    """Write ``splits`` atomically in nnU-Net's ``splits_final.json`` format."""
+    from ..io import atomic_path
+
+    p = Path(path)
+    with atomic_path(p, ".json") as tmp:
+        Path(tmp).write_text(json.dumps([{"train": list(s["train"]), "val": list(s["val"])} for s in splits],
+                                        indent=2))
+    return p
+
+
+def split_from_file(path: str | os.PathLike, names: Sequence[str], fold: int | None) -> tuple[list[str], list[str]]:
+    """``(train, val)`` of fold ``fold`` of a splits file, checked against the dataset's case ``names``."""
+    from ..errors import InputError
+
+    splits = read_splits(path, names)
+    if fold is None or not 0 <= fold < len(splits):
+        raise InputError(f"{path}: holds {len(splits)} fold(s); choose --fold 0..{len(splits) - 1} (or all)"
+                         if fold is not None else f"{path}: --splits needs --fold K or --fold all")
+    return list(splits[fold]["train"]), list(splits[fold]["val"])

@@ -22,10 +22,15 @@ NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 
 @dataclass(frozen=True)
 class Case:
-    """One case: its identifier and one file per channel, in channel order."""
+    """One case: its identifier and one file per channel, in channel order.
+
+    ``missing`` lists the channel indices without a file (only for a model trained with modality
+    dropout, :mod:`.missing`); ``channels`` then holds the present channels' files, in order.
+    """
 
     name: str
     channels: tuple[Path, ...]
+    missing: tuple[int, ...] = ()
 
 
 def _strip_suffix(name: str) -> str:
@@ -39,11 +44,12 @@ def _describe(channel_names: Sequence[str]) -> str:
     return f"{len(channel_names)} ({', '.join(channel_names)})" if channel_names else str(len(channel_names))
 
 
-def cases_from_folder(folder: str | os.PathLike, channel_names: Sequence[str]) -> list[Case]:
+def cases_from_folder(folder: str | os.PathLike, channel_names: Sequence[str], allow_missing: bool = False) -> list[Case]:
     """The cases of an nnU-Net-style folder, sorted by name, each with exactly the expected channels.
 
     Raises :class:`InputError` naming the file or case for a NIfTI file that does not follow the
-    naming, a missing channel file, or a case with more channels than the model takes.
+    naming, a missing channel file (unless ``allow_missing``: a model trained with modality dropout;
+    the case then lists it in ``missing``), or a case with more channels than the model takes.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -70,13 +76,16 @@ def cases_from_folder(folder: str | os.PathLike, channel_names: Sequence[str]) -
         if extra:
             raise InputError(f"{chans[extra[0]]}: case {name} has {max(chans) + 1} channel files, the model "
                              f"takes {_describe(channel_names)}")
-        for c in range(n):
-            if c not in chans:
-                some = next(iter(chans.values()))
-                suffix = ".nii.gz" if some.name.endswith(".nii.gz") else ".nii"
-                raise InputError(f"{folder / f'{name}_{c:04d}{suffix}'}: channel file missing for case {name} "
-                                 f"(channel {c}, {channel_names[c]})")
-        cases.append(Case(name, tuple(chans[c] for c in range(n))))
+        absent = tuple(c for c in range(n) if c not in chans)
+        if absent and not allow_missing:
+            from .missing import not_trained_message
+
+            c = absent[0]
+            some = next(iter(chans.values()))
+            suffix = ".nii.gz" if some.name.endswith(".nii.gz") else ".nii"
+            raise InputError(not_trained_message(f"{folder / f'{name}_{c:04d}{suffix}'}: channel file missing for "
+                                                 f"case {name} (channel {c}, {channel_names[c]})"))
+        cases.append(Case(name, tuple(chans[c] for c in range(n) if c in chans), absent))
     return cases
 
 
@@ -97,8 +106,10 @@ def case_from_files(files: Sequence[str | os.PathLike], channel_names: Sequence[
 
 
 def resolve_input(inputs: Sequence[str | os.PathLike], channel_names: Sequence[str],
-                  dicom_workdir: str | os.PathLike | None = None, pet_units: str = "SUVbw") -> list[Case]:
-    """``-i`` of ``veloxseg predict``: one folder of cases, or one case's channel files.
+                  dicom_workdir: str | os.PathLike | None = None, pet_units: str = "SUVbw",
+                  allow_missing: bool = False) -> list[Case]:
+    """``-i`` of ``veloxseg predict``: one folder of cases (``allow_missing``: channel files may be absent,
+    see :mod:`.missing`), or one case's channel files.
 
     DICOM input (a study folder, or one series folder per channel; :mod:`veloxseg.dicom.cases`) is
     converted into NIfTI files under ``dicom_workdir``, which the caller creates and removes.
@@ -112,7 +123,7 @@ def resolve_input(inputs: Sequence[str | os.PathLike], channel_names: Sequence[s
 
         return list(cases_from_dicom(inputs, channel_names, dicom_workdir, pet_units))
     if len(inputs) == 1 and Path(inputs[0]).is_dir():
-        return cases_from_folder(inputs[0], channel_names)
+        return cases_from_folder(inputs[0], channel_names, allow_missing)
     if len(inputs) == 1 and not Path(inputs[0]).exists():
         raise InputError(f"{inputs[0]}: input missing (give a folder of cases, or one file per channel)")
     return [case_from_files(inputs, channel_names)]

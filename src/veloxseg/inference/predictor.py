@@ -113,16 +113,22 @@ class Predictor:
         self._transform = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu", engine: str = "torch",
-                        threads: int | None = None, tune_memory: bool = False, precision: str = "fp32",
-                        **kwargs: Any) -> Predictor:
+    def from_checkpoint(cls, path: str | os.PathLike | Sequence[str | os.PathLike], device: str | torch.device = "cpu",
+                        engine: str = "torch", threads: int | None = None, tune_memory: bool = False,
+                        precision: str = "fp32", **kwargs: Any) -> Predictor:
         """Load ``path`` (a checkpoint, or a model from ``veloxseg export``) to run with ``engine`` in ``precision``
         (``auto``, ``fp32`` or ``bf16``: :func:`~.engines.load_model`); ``kwargs`` go to the constructor.
 
-        ``threads`` sets torch's thread count; ``tune_memory`` sets glibc's allocator thresholds for the
-        whole process (:func:`veloxseg.runtime.tune_allocator`, what the CLI does). Neither is
-        changed unless asked.
+        A list of models, or a run folder of folds (``veloxseg train --fold all``), gives an ensemble
+        (:class:`~.ensemble.EnsemblePredictor`). ``threads`` sets torch's thread count; ``tune_memory``
+        sets glibc's allocator thresholds for the whole process (:func:`veloxseg.runtime.tune_allocator`,
+        what the CLI does). Neither is changed unless asked.
         """
+        if not isinstance(path, (str, os.PathLike)) or os.path.isdir(path):
+            from .ensemble import load_predictor
+
+            return load_predictor(path, device=device, engine=engine, threads=threads, tune_memory=tune_memory,
+                                  precision=precision, **kwargs)
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
@@ -260,12 +266,16 @@ class Predictor:
         return image
 
     def predict_case_array(self, image: np.ndarray, affine: np.ndarray, name: str = "array",
-                           keep_probabilities: bool = False) -> CasePrediction:
-        """Predict a ``(C, x, y, z)`` image with its voxel-to-world ``affine``; labels on the same grid."""
-        return self._predict([self._check_array(image, name)], affine, name, keep_probabilities, keep_image=True)
+                           keep_probabilities: bool = False, missing: Sequence[int] = ()) -> CasePrediction:
+        """Predict a ``(C, x, y, z)`` image with its voxel-to-world ``affine``; labels on the same grid.
+
+        ``missing``: channels that are placeholders (:mod:`.missing`), zeroed after normalisation.
+        """
+        return self._predict([self._check_array(image, name)], affine, name, keep_probabilities, keep_image=True,
+                             missing=missing)
 
     def _predict(self, holder: list[np.ndarray], affine: np.ndarray, name: str, keep_probabilities: bool,
-                 keep_image: bool) -> CasePrediction:
+                 keep_image: bool, missing: Sequence[int] = ()) -> CasePrediction:
         """The pipeline on ``holder[0]``; without ``keep_image`` the holder is emptied once the image is
         preprocessed, so the input's memory is freed before the windows run (if nothing else holds it)."""
         start = time.perf_counter()
@@ -276,6 +286,8 @@ class Predictor:
         shape = image.shape[1:]
         try:
             pre = self._preprocess(image, affine, name)
+            if missing:
+                pre[list(missing)] = 0.0  # as in training with modality dropout
             if not keep_image:
                 holder.clear()
                 image = None
@@ -302,16 +314,31 @@ class Predictor:
         """
         from ..io import check_same_grid, read_header, read_nifti
 
-        if len(case.channels) != self.model.num_channels:
+        if len(case.channels) + len(case.missing) != self.model.num_channels:
             raise InputError(f"{case.channels[0]}: case {case.name} has {len(case.channels)} channel file(s), the "
                              f"model takes {self.model.num_channels} ({', '.join(self.model.channel_names)})")
+        if case.missing:
+            from .missing import check_missing_allowed
+
+            for model in getattr(self, "members", [self]):
+                check_missing_allowed(model.model.plan, case.name, case.missing, self.model.channel_names,
+                                      model.model.source)
         headers = [read_header(p) for p in case.channels]
         problems = check_same_grid(headers)
         if problems:
             raise InputError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-        stacked = np.empty((len(case.channels), *headers[0].shape), dtype=np.float32)
-        for c, p in enumerate(case.channels):
+        stacked = np.empty((self.model.num_channels, *headers[0].shape), dtype=np.float32)
+        present = [c for c in range(self.model.num_channels) if c not in case.missing]
+        for c, p in zip(present, case.channels):
             stacked[c], _ = read_nifti(p)
+        if case.missing:
+            from .missing import placeholders
+
+            filled = placeholders([None if c in case.missing else stacked[c] for c in range(len(stacked))],
+                                  self.model.plan)
+            for c in case.missing:
+                stacked[c] = filled[c]
+            del filled
         reference = nib.load(str(case.channels[0]))
         return stacked, np.asarray(reference.affine, dtype=np.float64), reference
 
@@ -322,9 +349,18 @@ class Predictor:
         """
         start = time.perf_counter()
         image, affine, reference = self.read_case(case)
+        if case.missing:
+            absent = ", ".join(f"channel {c} ({self.model.channel_names[c]})" for c in case.missing)
+            log.warning("case %s: %s missing: predicted with it zeroed (the model was trained with modality "
+                        "dropout %s)", case.name, absent, self.model.plan.get("modality_dropout"))
         holder = [self._check_array(image, str(case.channels[0]))]
         del image
-        result = self._predict(holder, affine, str(case.channels[0]), keep_probabilities, keep_image)
+        result = self._predict(holder, affine, str(case.channels[0]), keep_probabilities, keep_image,
+                               missing=case.missing)
+        if case.missing:
+            from .missing import missing_info
+
+            result.info.update(missing_info(case.missing, self.model.channel_names, self.model.plan))
         result.reference = reference
         result.seconds = time.perf_counter() - start
         return result

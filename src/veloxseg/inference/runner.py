@@ -1,6 +1,7 @@
 """Predicting a list of cases into a folder: output checks, progress, ``--continue``, run summary.
 
-Per case the extras (``.npz`` probabilities, ``.png`` preview) are written first and the label map
+Per case the extras (``.npz`` probabilities, ``.png`` preview, ``.json`` when a channel file was absent:
+:mod:`.missing`) are written first and the label map
 ``<case>.nii.gz`` last, each to a temporary name renamed into place and recorded in the folder's
 :class:`~.manifest.OutputManifest`: interrupting a run (Ctrl-C or SIGTERM) leaves finished cases
 intact and nothing half-written, and ``--continue`` skips the cases whose outputs are recorded and
@@ -25,6 +26,7 @@ from ..errors import InputError
 from ..io import atomic_path
 from .cases import CHANNEL_FILE, Case
 from .manifest import OutputManifest
+from .missing import sidecar_path, write_sidecar
 from .predictor import CasePrediction, Predictor
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,7 @@ def check_output_folder(output_dir: Path, cases: Sequence[Case], save_probabilit
     manifest = OutputManifest(output_dir)
     entries = manifest.entries()
     foreign = [p for c in cases for p in requested_outputs(output_dir, c.name, save_probabilities, preview)
+               + ([sidecar_path(output_dir, c.name)] if c.missing else [])
                if not may_replace(p, manifest, entries, resume)
                and not (resume and is_finished(output_dir, c.name, save_probabilities, preview, manifest))]
     if foreign:
@@ -170,6 +173,12 @@ def save_case(result: CasePrediction, output_dir: Path, case: str, channel_names
 
         write_preview(paths["preview"], result.image, result.labels, result.affine, channel_names, title=case)
         manifest.record(paths["preview"])
+    sidecar = sidecar_path(output_dir, case)
+    if result.info.get("missing_channels"):  # <case>.json: which channels were absent
+        manifest.record(write_sidecar(sidecar, case, {k: result.info[k] for k in
+                                                      ("missing_channels", "handling", "modality_dropout")}))
+    elif sidecar.is_file() and manifest.owns(sidecar):  # an earlier run's, no longer true
+        sidecar.unlink()
     with atomic_path(paths["labels"], ".nii.gz") as tmp:
         nib.save(result.to_nifti(), tmp)
     manifest.record(paths["labels"])

@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -98,6 +99,96 @@ class ModelTrainer(Trainer):
         return self.model_name != "veloxseg"
 
     def build_network(self, in_channels: list[int], out_channels: int, patch_size: list[int]) -> nn.Module:
+        """:meth:`build_model_network`, then ``--init-from`` weights and ``--freeze`` (:mod:`.finetune`)."""
+        source = self.read_init_source(list(patch_size))
+        self.record_modality_dropout(in_channels)
+        network = self.build_model_network(in_channels, out_channels, patch_size)
+        if source is not None:
+            self.init_weights(network, *source)
+        if self.config.freeze:
+            from .finetune import freeze
+
+            count = freeze(network, self.config.freeze)
+            self.log(f"--freeze {self.config.freeze}: {count:,} parameters fixed; "
+                     f"{sum(p.numel() for p in network.parameters() if p.requires_grad):,} trained")
+        return network
+
+    def record_modality_dropout(self, in_channels: list[int]) -> None:
+        """``--modality-dropout``: check it, keep the channel groups, and record both in the plan (checkpoints)."""
+        from .modality import channel_groups
+
+        p = float(self.config.modality_dropout or 0.0)
+        self.modality_in_channels = list(in_channels)
+        self.modality_groups = channel_groups(in_channels)
+        if not p:
+            self.plan.pop("modality_dropout", None)
+            self.plan.pop("modality_groups", None)
+            return
+        if not 0.0 < p < 1.0:
+            raise InputError(f"--modality-dropout must be in [0, 1), got {p}")
+        if len(self.modality_groups) < 2:
+            raise InputError(f"--modality-dropout: {self.config.dataset} has a single input channel; there is "
+                             f"nothing to drop")
+        self.plan["modality_dropout"] = p
+        self.plan["modality_groups"] = self.modality_groups
+        names = self.dataset.channel_names
+        self.log(f"modality dropout {p}: per sample, each of "
+                 f"{', '.join('+'.join(names[c] for c in g) for g in self.modality_groups)} zeroed with probability "
+                 f"{p}, never all")
+
+    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """:meth:`Trainer.train_step`; with ``--modality-dropout`` on a batch with channel groups zeroed.
+
+        The loss's teacher terms then count only the present channels and blocks (:meth:`VeloxSegLoss.presence`).
+        """
+        p = float(self.config.modality_dropout or 0.0)
+        if not p:
+            return super().train_step(batch)
+        from .modality import blocks_present, draw_keep, drop_channels
+
+        image = batch["image"]
+        keep = draw_keep(image.shape[0], self.modality_groups, p)
+        batch = {**batch, "image": drop_channels(image, keep)}
+        presence = getattr(self.loss_fn, "presence", None)
+        if presence is None:  # a baseline's loss has no teacher terms
+            return super().train_step(batch)
+        device = self.device
+        with presence(keep.to(device), blocks_present(keep, self.modality_in_channels).to(device)):
+            return super().train_step(batch)
+
+    def read_init_source(self, patch_size: list[int]) -> tuple[dict[str, Any], str] | None:
+        """The ``--init-from`` checkpoint and its file's SHA-256 (a new run only; a resumed one has its weights).
+
+        A VeloxSeg source of a run without ``--preset``/``--variant`` also gives the architecture (widths,
+        heads, ...: :func:`.finetune.source_architecture`), kept in ``config.model_overrides`` so that
+        ``--resume`` rebuilds the same network.
+        """
+        if not self.config.init_from or self.resume:
+            return None
+        from .finetune import read_source, source_architecture
+
+        ckpt, sha = read_source(self.config.init_from)
+        self.config.init_from = str(Path(self.config.init_from).resolve())
+        self.config.init_from_sha256 = sha
+        if (ckpt.get("model_name") == self.model_name == "veloxseg" and not self.config.preset
+                and self.variant is None):
+            arch = source_architecture(ckpt, patch_size)
+            self.config.model_overrides = {**arch, **self.config.model_overrides}
+        return ckpt, sha
+
+    def init_weights(self, network: nn.Module, ckpt: dict[str, Any], sha256: str) -> None:
+        """Copy the matching tensors of ``ckpt`` into ``network``; log the report, write ``init_from.json``."""
+        from .finetune import init_from_checkpoint, write_report
+
+        report = init_from_checkpoint(network, self.config.init_from or "", ckpt, sha256)
+        report.frozen = self.config.freeze
+        self.init_report = report.summary()
+        for line in report.lines():
+            self.log(line)
+        if self.is_main:
+            write_report(report, self.output)
+
+    def build_model_network(self, in_channels: list[int], out_channels: int, patch_size: list[int]) -> nn.Module:
         """The baseline, or VeloxSeg with the variant's arguments applied."""
         if self.is_baseline:
             from ..baselines import BaselineNet
@@ -176,6 +267,9 @@ class ModelTrainer(Trainer):
                                   None),
             "fold": c.fold, "num_folds": c.num_folds, "seed": c.seed, "patch_size": self.plan["patch_size"],
             "spacing": self.plan["spacing"], "processes": self.world_size, "device": str(self.device),
+            "init_from": getattr(self, "init_report", None) or (
+                {"path": c.init_from, "sha256": c.init_from_sha256, "frozen": c.freeze} if c.init_from else None),
+            "modality_dropout": c.modality_dropout or None,
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "hardware": {**hardware_info(), "load_average_at_start": load_start, "load_average_at_end": _load(),
                          "omp_wait_policy": omp_wait_policy()},

@@ -84,6 +84,12 @@ class TrainConfig:
     budget_recipe: dict[str, Any] = field(default_factory=dict)  # what --time-budget chose (budget_recipe.py)
     recipe: str = "default"  # schedule, augmentation, clipping, precision: veloxseg.training.recipes ("authors")
     split: str = "veloxseg"  # "authors": their rule, sorted cases 60 % train / 20 % validation (data.split)
+    # the next four are implemented by ModelTrainer (what veloxseg train runs)
+    init_from: str | None = None  # start from this checkpoint's weights (name and shape match; training.finetune)
+    init_from_sha256: str | None = None  # SHA-256 of init_from's file, recorded when the run starts
+    freeze: str | None = None  # "encoder": train the decoder and heads only
+    modality_dropout: float = 0.0  # per sample, zero each channel group with this probability (training.modality)
+    splits: str | None = None  # nnU-Net splits_final.json to take fold ``fold`` from (data.split.read_splits)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -350,8 +356,15 @@ class Trainer:
         else:
             self.dataset, self.plan = self.build_plan()
             names = [c.name for c in self.dataset.cases]
-            train, val = authors_split(names) if self.config.split == "authors" else \
-                split_cases(names, self.config.fold, self.config.val_fraction, num_folds=self.config.num_folds)
+            if self.config.splits:  # a fold of a splits file (nnU-Net's splits_final.json; --fold all)
+                from ..data.split import split_from_file
+
+                train, val = split_from_file(self.config.splits, names, self.config.fold)
+            elif self.config.split == "authors":
+                train, val = authors_split(names)
+            else:
+                train, val = split_cases(names, self.config.fold, self.config.val_fraction,
+                                         num_folds=self.config.num_folds)
             self.split = {"train": train, "val": val}
         if not self.split["train"]:
             raise InputError(f"{self.config.dataset}: no training cases left after the split")
