@@ -292,7 +292,8 @@ def render(groups: dict[str, list[dict]], out: Path, png: Path, expected: int | 
         if abl:
             L.append(abl["command"])
     L += ["veloxseg predict -m RUN/checkpoint_last.pt -i INPUT_DIR -o PRED_DIR --overlap 0.25 --threads 1",
-          "veloxseg evaluate --pred PRED_DIR --ref ../shared/data/Dataset501_HecktorMini/labelsTr", "```", ""]
+          "veloxseg evaluate --pred PRED_DIR --ref ../shared/data/Dataset501_HecktorMini/labelsTr --cases HELD_OUT_CASES",
+          "```", ""]
 
     # --- main comparison
     s = summarize(hecktor)

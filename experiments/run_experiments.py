@@ -156,7 +156,7 @@ def run_job(job: Job, work: Path) -> dict:
     predictor = Predictor.from_checkpoint(ckpt, device="cpu", threads=job.threads, overlap=0.25)
     torch.set_num_threads(job.threads)
     summary = predict_cases(predictor, cases, run_dir / "pred", progress=False)
-    ev = evaluate_folders(run_dir / "pred", ds / "labelsTr")
+    ev = evaluate_folders(run_dir / "pred", ds / "labelsTr", cases=split["val"])
     per_case = {}
     for s in ev.scores:
         entry = per_case.setdefault(s.case, {"seconds": round(summary.seconds[s.case], 3), "labels": {}})

@@ -151,3 +151,14 @@ def test_cli_reports_lesion_metrics_and_the_hd95_convention(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])
     assert "larger of the two directed 95th percentiles" in " ".join(capsys.readouterr().out.split())
+
+
+def test_cases_restricts_the_references(tmp_path):
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    _save(ref / "a.nii.gz", _cube())
+    _save(pred / "a.nii.gz", _cube())
+    _save(ref / "other.nii.gz", _cube())  # a case of the dataset that this run did not predict
+    with pytest.raises(InputError, match="other"):
+        evaluate_folders(pred, ref, [1])
+    result = evaluate_folders(pred, ref, [1], cases=["a"])
+    assert [s.case for s in result.scores] == ["a"] and result.unmatched_references == []

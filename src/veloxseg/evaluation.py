@@ -219,7 +219,7 @@ def _labels_from_dataset_json(ref_dir: Path) -> list[int] | None:
 
 def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, labels: Sequence[int] | None = None,
                      csv_path: str | os.PathLike | None = None, json_path: str | os.PathLike | None = None,
-                     progress: bool = False, allow_missing: bool = False,
+                     progress: bool = False, allow_missing: bool = False, cases: Sequence[str] | None = None,
                      lesion_overlap: float = LESION_OVERLAP) -> Evaluation:
     """Score every prediction in ``pred_dir`` against the same-named reference in ``ref_dir``.
 
@@ -228,9 +228,13 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
     different grid (shape or affine) from its reference, is an :class:`InputError`. So are
     references without a prediction, unless ``allow_missing``: then each is scored as an empty
     prediction (Dice 0 for every class present in the reference, as challenges count a missing case).
+    ``cases`` restricts the references to those case names.
     """
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     preds, refs = list_label_files(pred_dir), list_label_files(ref_dir)
+    if cases is not None:  # score these cases only (e.g. a fold's held-out cases of a dataset's labelsTr)
+        wanted = set(cases)
+        refs = {c: p for c, p in refs.items() if c in wanted}
     if not preds:
         raise InputError(f"{pred_dir}: no prediction files (*.nii.gz or *.nii)")
     missing = [case for case in preds if case not in refs]

@@ -5,6 +5,7 @@ Public functions:
 * :func:`read_header` -- shape, affine and spacing of a NIfTI file without loading its voxels.
 * :func:`read_nifti` -- voxels (``float32`` by default) and affine, checked to be finite.
 * :func:`check_same_grid` -- shapes/affines of several files agree (a case's channels and label).
+* :func:`file_sha256` -- the SHA-256 of a file's bytes.
 * :func:`read_json_object` -- a JSON object from a file, or an :class:`InputError` naming it.
 * :func:`write_nifti` -- atomic write: a temporary name in the same folder, then ``os.replace``.
 """
@@ -101,6 +102,17 @@ def check_same_grid(headers: list[Header], tolerance: float = AFFINE_TOLERANCE) 
             diff = float(np.abs(h.affine - ref.affine).max())
             problems.append(f"{h.path}: affine differs from {ref.path.name} (max difference {diff:.4g})")
     return problems
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (read in 1 MB blocks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:

@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="labels to score (default: dataset.json beside the references, else all found)")
     p.add_argument("--csv", type=Path, default=None, help="per-case CSV (default: PRED/evaluation.csv)")
     p.add_argument("--json", type=Path, default=None, help="also write the summary and scores as JSON")
+    p.add_argument("--cases", nargs="+", metavar="CASE",
+                   help="score only these cases of REF (e.g. a fold's held-out cases of a dataset's labelsTr)")
     p.add_argument("--allow-missing", action="store_true",
                    help="score references without a prediction as empty predictions (Dice 0) instead of failing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.lesion_overlap < 1.0:
         raise ValueError(f"--lesion-overlap must be in [0, 1), got {args.lesion_overlap}")
     result = evaluate_folders(args.pred, args.ref, args.labels, csv_path=csv_path, json_path=args.json,
-                              progress=not args.quiet, allow_missing=args.allow_missing,
+                              progress=not args.quiet, allow_missing=args.allow_missing, cases=args.cases,
                               lesion_overlap=args.lesion_overlap)
     s = result.summary
     print(f"{s['cases']} case(s) scored; per-case scores in {csv_path}")

@@ -201,7 +201,7 @@ def load_model(path: str | os.PathLike, engine: str = "torch", device: str | tor
     precision = _resolve_precision(precision, device)
     digest = None
     if engine == "pt2" and device.type == "cpu":
-        from .pt2 import file_sha256
+        from ..io import file_sha256
 
         digest = file_sha256(path)  # the cache key of the compiled packages: these exact checkpoint bytes
 

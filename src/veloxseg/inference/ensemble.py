@@ -248,8 +248,14 @@ class EnsemblePredictor(Predictor):
     def predict_case_array(self, image: np.ndarray, affine: np.ndarray, name: str = "array",
                            keep_probabilities: bool = False, missing: Sequence[int] = ()) -> CasePrediction:
         """The ensemble's labels (and float16 probabilities) of a ``(C, x, y, z)`` image on its own grid."""
+        return self._predict([self._check_array(image, name)], affine, name, keep_probabilities, True, missing)
+
+    def _predict(self, holder: list[np.ndarray], affine: np.ndarray, name: str, keep_probabilities: bool,
+                 keep_image: bool, missing: Sequence[int] = ()) -> CasePrediction:
+        """The ensemble's pipeline on ``holder[0]`` (what :meth:`Predictor.predict_case` calls); the image
+        is kept for the members' passes whatever ``keep_image`` says."""
         start = time.perf_counter()
-        image = self._check_array(image, name)
+        image = holder[0]
         affine = np.asarray(affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
             raise InputError(f"{name}: the affine must be a finite 4x4 matrix, got shape {affine.shape}")

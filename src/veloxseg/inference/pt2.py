@@ -38,6 +38,7 @@ from torch import nn
 
 from .. import __version__
 from .cpu import cpu_signature
+from ..io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +153,6 @@ def private_dir(path: Path) -> bool:
     if not stat.S_ISDIR(st.st_mode) or (st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
         return False
     return not hasattr(os, "getuid") or st.st_uid == os.getuid()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_name(weights_sha256: str, shape: tuple[int, ...], precision: str) -> str:

@@ -14,7 +14,6 @@ very small datasets: only the decoder, the heads and the teachers are trained.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..io import file_sha256
 
 #: what ``--freeze`` accepts
 FREEZABLE: tuple[str, ...] = ("encoder",)
@@ -92,15 +92,6 @@ def group_names(names: Iterable[str], depth: int = 2) -> str:
         key = ".".join(parts[:depth]) + (".*" if len(parts) > depth else "")
         counts[key] = counts.get(key, 0) + 1
     return ", ".join(f"{k} ({v})" if v > 1 else k for k, v in counts.items()) or "none"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_source(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
