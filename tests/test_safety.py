@@ -419,3 +419,16 @@ def test_out_of_memory_fails_the_case_with_what_it_needs(tmp_path, plan, cohort,
     assert main(["predict", "-m", model, "-i", str(cohort), "-o", str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "3 case(s) failed" in err and "out of memory for" in err and "needs roughly" in err
+
+
+def test_training_without_the_train_extra_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from test_data import make_tiny_dataset
+
+    data = make_tiny_dataset(tmp_path / "Dataset001_Tiny", n_cases=2)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    assert main(["train", str(data), "--output", str(tmp_path / "run"), "--epochs", "1", "--no-progress"]) == 1
+    assert "pip install 'veloxseg[train]'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.missing import allows_missing
     from ..inference.reports import ReportRun
 
+    if args.preview:
+        from ..extras import require
+
+        require(["matplotlib"], "--preview", "train")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")

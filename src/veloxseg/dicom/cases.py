@@ -65,7 +65,8 @@ def convert_case(name: str, series: Sequence[SeriesRef], channel_names: Sequence
     ref = loaded.volumes[loaded.reference]
     for note in loaded.notes:
         log.info("%s: %s", name, note)
-    return DicomCase(name, tuple(paths), ref.series, tuple(ref.headers), tuple(loaded.notes))
+    return DicomCase(name, tuple(paths), reference_series=ref.series, reference_headers=tuple(ref.headers),
+                     notes=tuple(loaded.notes))
 
 
 def cases_from_dicom(inputs: Sequence[str | os.PathLike], channel_names: Sequence[str], workdir: str | os.PathLike,

@@ -336,6 +336,9 @@ class Trainer:
         from ..data.plan import default_modalities
         from ..data.split import authors_split, split_cases
 
+        from ..extras import TRAIN_MODULES, require
+
+        require(TRAIN_MODULES, "veloxseg train", "train")  # before anything is written
         # rank 0 decides before anything is written; the other ranks follow its verdict
         problem = self.check_run_folder() if self.is_main else None
         problem = dist_utils.broadcast_object(problem)
