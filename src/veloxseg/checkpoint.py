@@ -265,6 +265,7 @@ def upgrade_checkpoint(old: str | os.PathLike, new: str | os.PathLike, trust_pic
             raise InputError(f"{old}: holds Python objects beyond plain data; loading it runs code. Pass "
                              f"--trust-pickle only if you trust where the file came from") from None
         try:
+            # the one full unpickling in the package: only with --trust-pickle, the user vouching for the file
             ckpt = torch.load(str(old), map_location="cpu", weights_only=False)
         except Exception as err:
             raise InputError(f"{old}: not a readable checkpoint ({type(err).__name__}: {err})") from None

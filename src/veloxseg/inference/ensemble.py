@@ -23,7 +23,6 @@ import json
 import os
 import re
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -196,18 +195,7 @@ class EnsemblePredictor(Predictor):
     @staticmethod
     def _back(member: Predictor, pre: Any) -> Callable[[torch.Tensor], np.ndarray]:
         """Map one class's probabilities back to the input grid with ``member``'s preprocessing inverted."""
-        from monai.data import MetaTensor
-        from monai.transforms import Invertd
-
-        invert = Invertd(keys="pred", transform=member.transform, orig_keys="image", nearest_interp=False)
-
-        def back(channel: torch.Tensor) -> np.ndarray:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                out = invert({"image": pre, "pred": MetaTensor(channel[None].clone())})["pred"]
-            return np.asarray(out[0].detach().cpu().numpy(), dtype=np.float32)
-
-        return back
+        return member.inverter(pre)
 
     def _input_grid(self, image: np.ndarray, affine: np.ndarray, name: str, missing: Sequence[int],
                     stack_dtype: Any = None) -> tuple[np.ndarray, np.ndarray | None, bool, tuple[int, ...]]:

@@ -20,8 +20,7 @@ import itertools
 import logging
 import os
 import time
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,19 +221,23 @@ class Predictor:
             probs.div_(probs.sum(dim=0, keepdim=True))
         return probs, padded
 
-    def _to_input_grid(self, probs: torch.Tensor, pre, keep_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Map class probabilities back to the input grid one class at a time, with a running argmax."""
+    def inverter(self, pre: Any) -> Callable[[torch.Tensor], np.ndarray]:
+        """A function mapping one class's probabilities on ``pre``'s grid back to the input grid (float32),
+        undoing this model's preprocessing (resampling, crop, reorientation; trilinear)."""
         from monai.data import MetaTensor
         from monai.transforms import Invertd
 
         invert = Invertd(keys="pred", transform=self.transform, orig_keys="image", nearest_interp=False)
 
         def back(channel: torch.Tensor) -> np.ndarray:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                out = invert({"image": pre, "pred": MetaTensor(channel[None].clone())})["pred"]
+            out = invert({"image": pre, "pred": MetaTensor(channel[None].clone())})["pred"]
             return np.asarray(out[0].detach().cpu().numpy(), dtype=np.float32)
 
+        return back
+
+    def _to_input_grid(self, probs: torch.Tensor, pre, keep_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Map class probabilities back to the input grid one class at a time, with a running argmax."""
+        back = self.inverter(pre)
         # regions outside the foreground crop come back as 0: invert "not background" so they are background
         best = 1.0 - back(1.0 - probs[0])
         labels = np.zeros(best.shape, dtype=np.uint8)

@@ -16,7 +16,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,13 +105,12 @@ def _readable(path: Path) -> bool:
 
 
 def is_finished(output_dir: Path, case: str, save_probabilities: bool, preview: bool,
-                manifest: OutputManifest | None = None) -> bool:
+                manifest: OutputManifest | None = None, entries: dict[str, int] | None = None) -> bool:
     """A case is finished when its requested outputs were written by ``predict`` and are readable.
 
     (One the user edited since, e.g. a corrected label map, is readable and so is kept as it is.)
     """
-    manifest = manifest or OutputManifest(output_dir)
-    entries = manifest.entries()
+    entries = (manifest or OutputManifest(output_dir)).entries() if entries is None else entries
     return all(p.name in entries and _readable(p)
                for p in requested_outputs(output_dir, case, save_probabilities, preview))
 
@@ -125,7 +124,7 @@ def may_replace(path: Path, manifest: OutputManifest, entries: dict[str, int], r
 
 
 def check_output_folder(output_dir: Path, cases: Sequence[Case], save_probabilities: bool, preview: bool,
-                        overwrite: bool, resume: bool = False) -> None:
+                        overwrite: bool, resume: bool = False, finished: Collection[str] = ()) -> None:
     """Refuse an output folder that holds input images, or files ``predict`` did not write (unless ``overwrite``)."""
     out = output_dir.resolve() if output_dir.exists() else output_dir.absolute()
     for case in cases:
@@ -146,8 +145,7 @@ def check_output_folder(output_dir: Path, cases: Sequence[Case], save_probabilit
     entries = manifest.entries()
     foreign = [p for c in cases for p in requested_outputs(output_dir, c.name, save_probabilities, preview)
                + ([sidecar_path(output_dir, c.name)] if c.missing else [])
-               if not may_replace(p, manifest, entries, resume)
-               and not (resume and is_finished(output_dir, c.name, save_probabilities, preview, manifest))]
+               if c.name not in finished and not may_replace(p, manifest, entries, resume)]
     if foreign:
         raise InputError(f"{foreign[0]}: exists and was not written by veloxseg predict"
                          f"{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''}; choose another output "
@@ -203,14 +201,13 @@ def predict_cases(predictor: Predictor, cases: Sequence[Case], output_dir: str |
 
     out = Path(output_dir)
     summary = RunSummary(out)
-    check_output_folder(out, cases, save_probabilities, preview, overwrite, resume)
     manifest = OutputManifest(out)
-    todo = []
-    for case in cases:
-        if resume and out.is_dir() and is_finished(out, case.name, save_probabilities, preview, manifest):
-            summary.skipped.append(case.name)
-        else:
-            todo.append(case)
+    entries = manifest.entries() if resume and out.is_dir() else {}
+    finished = {c.name for c in cases if entries and is_finished(out, c.name, save_probabilities, preview,
+                                                                 entries=entries)}  # --continue: read once
+    check_output_folder(out, cases, save_probabilities, preview, overwrite, resume, finished)
+    summary.skipped = [c.name for c in cases if c.name in finished]
+    todo = [c for c in cases if c.name not in finished]
     for case in todo:  # header checks of every case first: fail before any work is done
         predictor.check_case(case)
     ensure_output_dir(out)  # only once the inputs are known to be good: a failed run creates no folder
