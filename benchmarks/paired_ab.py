@@ -4,20 +4,15 @@ Run from the repository root:
 
     python benchmarks/paired_ab.py --lever graph [--batch 1] [--threads 1,2] [--forwards 80]
     python benchmarks/paired_ab.py --lever gemm1x1
-    python benchmarks/paired_ab.py --lever fold
-    python benchmarks/paired_ab.py --lever prepack
     python benchmarks/paired_ab.py --lever shuffle [--eager]
     python benchmarks/paired_ab.py --lever mlp [--eager]
     python benchmarks/paired_ab.py --lever depthwise [--eager]
-    python benchmarks/paired_ab.py --lever shuffle,mlp,prepack  # several together
+    python benchmarks/paired_ab.py --lever shuffle,mlp  # several together
 
 ``graph``: eager PyTorch (before) against the frozen TorchScript graph ``veloxseg predict`` runs
-(after, :class:`veloxseg.inference.graph.FrozenGraph`). ``fold``: the graph as traced and frozen
-(before) against the graph with its shape arithmetic and weight-only work folded into constants
-(after, the default). The others switch one fast path off (before) and on (after), each side a graph
-traced with its setting (``--eager``: eager calls), and can be given together (comma-separated):
-``prepack``, the graph's oneDNN convs reordering their weights on every call against weights
-reordered once; ``gemm1x1``, 1x1x1 convs on oneDNN against
+(after, :class:`veloxseg.inference.graph.FrozenGraph`). The others switch one fast path off (before)
+and on (after), each side a graph traced with its setting (``--eager``: eager calls), and can be given
+together (comma-separated): ``gemm1x1``, 1x1x1 convs on oneDNN against
 :func:`veloxseg.networks.layers.conv1x1_gemm`; ``shuffle``, the head's pixel shuffle copied value by
 value against in 16-byte elements (``veloxseg.networks.decoder.WIDE_COPIES``); ``mlp``, the FFNs'
 hidden maps between PyTorch tensors against kept in oneDNN's layout
@@ -63,12 +58,11 @@ def _switches(levers: list[str], enabled: bool) -> Iterator[None]:
 
 def _side(levers: list[str], enabled: bool, model: torch.nn.Module,
           eager: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """One side: eager calls with the switches set, or a graph traced with them set (``prepack`` too)."""
-    graph = None if eager else FrozenGraph(model, prepack=enabled or "prepack" not in levers)
-    switches = [lever for lever in levers if lever != "prepack"]
+    """One side: eager calls with the switches set, or a graph traced with them set."""
+    graph = None if eager else FrozenGraph(model)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with _switches(switches, enabled):  # a graph is traced on its first call per thread count, switches set
+        with _switches(levers, enabled):  # a graph is traced on its first call per thread count, switches set
             return model(x) if graph is None else graph(x)
     return run
 
@@ -76,7 +70,7 @@ def _side(levers: list[str], enabled: bool, model: torch.nn.Module,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lever", required=True,
-                        help=f"graph, fold, or one or more (comma-separated) of prepack, {', '.join(SWITCHES)}")
+                        help=f"graph, or one or more (comma-separated) of {', '.join(SWITCHES)}")
     parser.add_argument("--eager", action="store_true", help="switch levers: time eager calls, not frozen graphs")
     parser.add_argument("--preset", default="autopet")
     parser.add_argument("--batch", type=int, default=1)
@@ -90,11 +84,7 @@ def main() -> int:
     levers = args.lever.split(",")
     if args.lever == "graph":
         before, after = model, FrozenGraph(model)
-    elif args.lever == "fold":
-        before, after = FrozenGraph(model, fold=False), FrozenGraph(model)
-    elif all(lever in SWITCHES or lever == "prepack" for lever in levers):
-        if args.eager and "prepack" in levers:
-            parser.error("prepack is a graph lever: drop --eager")
+    elif all(lever in SWITCHES for lever in levers):
         before, after = _side(levers, False, model, args.eager), _side(levers, True, model, args.eager)
     else:
         parser.error(f"unknown lever {args.lever!r}")

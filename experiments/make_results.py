@@ -228,7 +228,7 @@ def render(groups: dict[str, list[dict]], out: Path, png: Path, expected: int | 
     hecktor, ablation = groups.get("hecktor", []), groups.get("ablation", [])
     TIME_KEY = choose_time_key(hecktor + ablation)
     seeds, brats = groups.get("seeds", []), groups.get("brats", [])
-    every = [r for g in groups.values() for r in g]
+    every = [r for g in groups.values() for r in g if "job" in r]  # ensemble/ and budget/ have records of their own
     n_done = len(every)
     planned = all_jobs(every[0]["job"]["budget_min"] if every else 1.5, 1,
                        ["hecktor", "ablation", "seeds", "brats"])
@@ -348,6 +348,13 @@ def render(groups: dict[str, list[dict]], out: Path, png: Path, expected: int | 
         L += seeds_section(s, summarize(seeds))
     L += brats_section(brats)
     L += authors_section(groups.get("authors", []))
+    from budget_results import budget_pair_section, curve_section
+    from features_results import ensemble_section, modality_section
+
+    L += modality_section(groups, png.with_name("results_modality.png"))
+    L += ensemble_section(next(iter(groups.get("ensemble", [])), None))
+    L += budget_pair_section({r["name"]: r for r in groups.get("budget", [])})
+    L += curve_section(groups, png.with_name("results_dice_per_cpu_minute.png"))
     fin = sorted(r.get("finished_utc", "") for r in every if r.get("finished_utc"))
     L += ["## What was tried", "",
           "- A first attempt used the plan's defaults — 64³ patches (the whole volume), peak lr 1e-3, 2.5 minutes "

@@ -76,6 +76,11 @@ class Job:
     threads: int
     extra: list[str] = field(default_factory=list)
     tag: str | None = None  # names a run whose flags (extra) change it, e.g. ``--recipe authors``
+    #: train on a view of the data set holding only these channels (symlinks in the work folder), e.g. PET only
+    channels: list[int] | None = None
+    #: besides all channels present, predict the held-out cases again with each of these channel sets absent
+    #: (a model trained with ``--modality-dropout``)
+    missing: list[list[int]] | None = None
 
     @property
     def name(self) -> str:
@@ -94,7 +99,7 @@ class Job:
             args += ["--variant", self.variant]
         args += ["--num-folds", str(self.num_folds), "--fold", str(self.fold), "--seed", str(self.seed),
                  "--time-budget", f"{self.budget_min:g}", "--threads", str(self.threads),
-                 *(CURVE_COMMON if self.group.startswith(("curve", "authors")) else COMMON), *self.extra]
+                 *(CURVE_COMMON if self.group.startswith(("curve", "authors", "modality")) else COMMON), *self.extra]
         return args
 
 
@@ -116,6 +121,13 @@ def all_jobs(budget: float, threads: int, groups: list[str]) -> list[Job]:
             Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1),
             Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1, ["--recipe", "authors"], tag="recipe-authors"),
             Job("authors", h, "veloxseg", "pre-authors", k, 3, 0, 8, 1))]
+    if "modality" in groups:  # issue 20: modality dropout against single-modality models, 8 CPU-min, 3 folds
+        # (a), the full model with both modalities, is the ``authors`` group's default run (the same command)
+        jobs += [j for k in range(3) for j in (
+            Job("modality", h, "veloxseg", None, k, 3, 0, 8, 1, ["--modality-dropout", "0.3"], tag="dropout",
+                missing=[[0], [1]]),
+            Job("modality", h, "veloxseg", None, k, 3, 0, 8, 1, tag="pet-only", channels=[1]),
+            Job("modality", h, "veloxseg", None, k, 3, 0, 8, 1, tag="ct-only", channels=[0]))]
     if "curve" in groups:  # budgets of its own; short runs first, fold-major
         jobs += [Job("curve", h, m, None, k, 3, 0, b, threads) for b in (2, 8, 30) for k in range(3)
                  for m, mb in CURVE_HECKTOR if mb == b]
@@ -135,6 +147,9 @@ def run_job(job: Job, work: Path) -> dict:
     from veloxseg.inference.runner import predict_cases
 
     run_dir = work / job.group / job.name
+    orig = job
+    if job.channels is not None:
+        job = Job(**{**asdict(job), "dataset": str(channel_view(Path(job.dataset), job.channels, work / "views"))})
     marker = job.result_path.with_suffix(".running")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(str(os.getpid()))  # another scheduler leaves this run alone while the process lives
@@ -150,19 +165,29 @@ def run_job(job: Job, work: Path) -> dict:
     split = json.loads((run_dir / "splits.json").read_text())
     ds = Path(job.dataset)
     channels = len(json.loads((ds / "dataset.json").read_text())["channel_names"])
-    cases = [Case(c, tuple(ds / "imagesTr" / f"{c}_{i:04d}.nii.gz" for i in range(channels))) for c in split["val"]]
     # the final weights (checkpoint_last), so the held-out cases never choose the model
     ckpt = run_dir / "checkpoint_last.pt"
     predictor = Predictor.from_checkpoint(ckpt, device="cpu", threads=job.threads, overlap=0.25)
     torch.set_num_threads(job.threads)
-    summary = predict_cases(predictor, cases, run_dir / "pred", progress=False)
-    ev = evaluate_folders(run_dir / "pred", ds / "labelsTr", cases=split["val"])
-    per_case = {}
-    for s in ev.scores:
-        entry = per_case.setdefault(s.case, {"seconds": round(summary.seconds[s.case], 3), "labels": {}})
-        entry["labels"][str(s.label)] = {"dice": _num(s.dice), "hd95_mm": _num(s.hd95_mm),
-                                         "reference_voxels": s.reference_voxels,
-                                         "predicted_voxels": s.predicted_voxels}
+
+    def scored(absent: tuple[int, ...], pred_dir: Path) -> dict:
+        cases = [Case(c, tuple(ds / "imagesTr" / f"{c}_{i:04d}.nii.gz" for i in range(channels) if i not in absent),
+                      absent) for c in split["val"]]
+        summary = predict_cases(predictor, cases, pred_dir, progress=False)
+        if summary.failed:
+            raise SystemExit(f"prediction failed for {summary.failed}")
+        ev = evaluate_folders(pred_dir, ds / "labelsTr", cases=split["val"])
+        per_case: dict = {}
+        for s in ev.scores:
+            entry = per_case.setdefault(s.case, {"seconds": round(summary.seconds[s.case], 3), "labels": {}})
+            entry["labels"][str(s.label)] = {"dice": _num(s.dice), "hd95_mm": _num(s.hd95_mm),
+                                             "reference_voxels": s.reference_voxels,
+                                             "predicted_voxels": s.predicted_voxels}
+        return per_case
+
+    per_case = scored((), run_dir / "pred")
+    missing = {",".join(map(str, m)): scored(tuple(m), run_dir / f"pred_missing{'-'.join(map(str, m))}")
+               for m in job.missing or []}
     record = {
         "job": asdict(job), "name": job.name,
         "command": "veloxseg " + " ".join(args),
@@ -170,6 +195,9 @@ def run_job(job: Job, work: Path) -> dict:
                     "seconds_note": "per case: reading, preprocessing, sliding window, writing"},
         "run_info": info, "train_wall_seconds_incl_setup": round(train_wall, 1),
         "val_cases": split["val"], "cases": per_case,
+        **({"cases_missing": missing, "missing_note": "key: the absent channel indices; each zeroed after "
+            "normalisation (veloxseg.inference.missing)"} if missing else {}),
+        **({"channels": job.channels, "dataset_view_of": asdict(orig)["dataset"]} if job.channels is not None else {}),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code_commit": _commit(),
     }
@@ -179,6 +207,34 @@ def run_job(job: Job, work: Path) -> dict:
     os.replace(tmp, job.result_path)
     marker.unlink(missing_ok=True)
     return record
+
+
+def channel_view(dataset: Path, channels: list[int], root: Path) -> Path:
+    """A data set holding only ``channels`` of ``dataset`` (renumbered from 0), as symlinks under ``root``.
+
+    The case names are the original ones, so ``--num-folds``/``--seed`` give the same folds.
+    """
+    meta = json.loads((dataset / "dataset.json").read_text())
+    names = meta["channel_names"]
+    view = root / f"{dataset.name}_ch{'-'.join(map(str, channels))}"
+    if (view / "dataset.json").exists():
+        return view
+    tmp = view.with_name(view.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "imagesTr").mkdir(parents=True)
+    (tmp / "labelsTr").symlink_to((dataset / "labelsTr").resolve())
+    for f in sorted((dataset / "imagesTr").iterdir()):
+        case, _, rest = f.name.rpartition("_")
+        idx = int(rest.split(".")[0])
+        if idx in channels:
+            (tmp / "imagesTr" / f"{case}_{channels.index(idx):04d}.nii.gz").symlink_to(f.resolve())
+    new = {str(i): names[str(c)] for i, c in enumerate(channels)}
+    (tmp / "dataset.json").write_text(json.dumps({**meta, "channel_names": new}, indent=2))
+    try:
+        tmp.rename(view)
+    except OSError:  # another process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return view
 
 
 def running_elsewhere(job: Job) -> bool:
@@ -301,7 +357,7 @@ def schedule(jobs: list[Job], work: Path, parallel: int, logs: Path, stop_at: fl
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--groups", nargs="+", default=["hecktor", "ablation", "seeds", "brats"],
-                    choices=["hecktor", "ablation", "seeds", "brats", "curve", "authors"],
+                    choices=["hecktor", "ablation", "seeds", "brats", "curve", "authors", "modality"],
                     help="default: all but curve (the Dice-per-CPU-minute runs, which bring their own budgets)")
     ap.add_argument("--budget", type=float, default=1.5,
                     help="training budget per run, minutes of the run's own CPU time (default 1.5)")
@@ -316,6 +372,8 @@ def main() -> int:
                     help="re-measure the inference time of every finished run, one at a time, then regenerate the doc")
     ap.add_argument("--repeats", type=int, default=3, help="--retime: timed predictions per case (default 3)")
     ap.add_argument("--shard", default="0/1", help="--retime: this process re-times runs i, i+n, ... (I/N)")
+    ap.add_argument("--only", nargs="+", metavar="GLOB",
+                    help="only the runs whose GROUP/NAME matches one of these patterns, e.g. 'curve/*_2min_*'")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
@@ -330,6 +388,10 @@ def main() -> int:
         regenerate_doc()
         return 0
     jobs = all_jobs(a.budget, a.threads, a.groups)
+    if a.only:
+        import fnmatch
+
+        jobs = [j for j in jobs if any(fnmatch.fnmatch(f"{j.group}/{j.name}", pat) for pat in a.only)]
     if a.list:
         for j in jobs:
             print(f"{'done' if j.result_path.exists() else 'todo'} {j.group}/{j.name}")

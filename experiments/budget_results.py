@@ -1,0 +1,115 @@
+"""``docs/results.md`` sections for issue 22: the CPU budget under load, and held-out Dice per CPU-minute."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from make_results import LABELS, case_metric, fmt, mean_sd, noise_verdict, paired
+
+
+def budget_pair_section(pair: dict[str, dict]) -> list[str]:
+    """The same budgeted command on a quiet and on a loaded machine."""
+    L = ["## 9. The CPU budget on a loaded machine (HecktorMini fold 0, 8 CPU-minutes)", ""]
+    if not pair:
+        return L + ["Not run yet: `python experiments/loaded_pair.py` and `python experiments/loaded_pair.py "
+                    "--load`.", ""]
+    first = next(iter(pair.values()))
+    L += [f"`{first['command']}`, then `checkpoint_best.pt` predicts the fold's held-out cases. *loaded*: two "
+          "CPU-bound processes beside the run for its first 150 s (`experiments/loaded_pair.py --load`).", "",
+          "| run | load added | load average before (1/5/15 min) | optimizer steps | epochs | budget used | "
+          "selection | " + " | ".join(f"Dice {c}" for c in first["val_cases"]) + " |",
+          "|---|---|---|---:|---:|---:|---|" + "---:|" * len(first["val_cases"])]
+    for name in ("quiet", "loaded"):
+        r = pair.get(name)
+        if r is None:
+            continue
+        L.append(f"| {name} | {r['load']} | {' / '.join(f'{x:.2f}' for x in r['load_average_before'])} | "
+                 f"{r['steps']} | {r['epochs_reached']} | {r['budget_used_fraction']:.1%} "
+                 f"({r['budget_used_seconds']:.0f} CPU s) | {r['selection'].split(' (')[0]} | "
+                 + " | ".join(fmt(r["dice"].get(c, math.nan)) for c in first["val_cases"]) + " |")
+    if "quiet" in pair and "loaded" in pair:
+        q, ld = pair["quiet"], pair["loaded"]
+        L += ["", f"Steps under load: {ld['steps'] / q['steps']:.0%} of the quiet run's; budget used "
+              f"{ld['budget_used_fraction']:.0%} (target: at least 90 % and about the same steps). The plan's "
+              f"re-fits are in `experiments/results/budget/*.json` (`plans`)."]
+    L.append("")
+    return L
+
+
+CURVE_MODELS = ("veloxseg", "unet", "segresnet", "dynunet")
+
+
+def curve_points(groups: dict[str, list[dict]]) -> dict[tuple[str, float], dict[str, float]]:
+    """Per (model, CPU-minutes): per-case held-out Dice on HecktorMini pooled over the folds.
+
+    VeloxSeg at 8 CPU-minutes is section 6's default run (the same command as the curve's)."""
+    out: dict[tuple[str, float], dict[str, float]] = {}
+    for r in groups.get("curve", []):
+        out.setdefault((r["job"]["model"], r["job"]["budget_min"]), {}).update(case_metric(r, "dice"))
+    if ("veloxseg", 8) not in out:
+        for r in groups.get("authors", []):
+            if not (r["job"].get("tag") or r["job"].get("variant")):
+                out.setdefault(("veloxseg", 8), {}).update(case_metric(r, "dice"))
+    return out
+
+
+def curve_plot(points: dict[tuple[str, float], dict[str, float]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    if not points:
+        return False
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    for m in CURVE_MODELS:
+        xs = sorted(b for (mm, b) in points if mm == m)
+        if not xs:
+            continue
+        stats = [mean_sd(list(points[(m, b)].values())) for b in xs]
+        ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3,
+                    label=LABELS.get(m, m))
+    ax.set_xscale("log")
+    ax.set_xlabel("training budget (CPU-minutes, one thread)")
+    ax.set_ylabel("held-out Dice (mean ± sd over cases)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("HecktorMini, 3 folds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def curve_section(groups: dict[str, list[dict]], png: Path) -> list[str]:
+    """Held-out Dice against training CPU-minutes, per model, with paired intervals against VeloxSeg."""
+    L = ["## 10. Held-out Dice per CPU-minute of training (HecktorMini, 3 folds)", ""]
+    points = curve_points(groups)
+    if not points:
+        return L + ["Not run yet: `python experiments/run_experiments.py --groups curve`.", ""]
+    have_plot = curve_plot(points, png)
+    L += ["Each point: `veloxseg train DATASET --model M --time-budget B --budget-clock cpu --threads 1 --num-folds 3 "
+          "--fold K` with nothing else chosen (the recipe the CLI picks for a budget), final weights, the fold's 2 "
+          "held-out cases; 6 cases per point.", "",
+          "| model | CPU-minutes | held-out Dice, mean ± sd (cases) | VeloxSeg − model, paired per case |",
+          "|---|---:|---|---|"]
+    for (m, b) in sorted(points, key=lambda k: (k[1], CURVE_MODELS.index(k[0]) if k[0] in CURVE_MODELS else 9)):
+        d = points[(m, b)]
+        cmp = ""
+        if m != "veloxseg" and ("veloxseg", b) in points:
+            cmp = noise_verdict(paired(points[("veloxseg", b)], d)[0])
+        L.append(f"| {LABELS.get(m, m)} | {b:g} | {fmt(*mean_sd(list(d.values())))} ({len(d)}) | {cmp} |")
+    if have_plot:
+        L += ["", f"![Dice per CPU-minute]({png.name})"]
+    planned = {("veloxseg", 2), ("unet", 2), ("veloxseg", 8), ("unet", 8), ("segresnet", 8), ("dynunet", 8),
+               ("veloxseg", 30), ("unet", 30)}
+    missing = sorted(planned - set(points), key=lambda k: (k[1], k[0]))
+    if missing:
+        L += ["", "Not run yet (`python experiments/run_experiments.py --groups curve`, resumable): "
+              + ", ".join(f"{LABELS.get(m, m)} at {b:g}" for m, b in missing) + "; BratsMini's curve "
+              "(`curve-brats`) too."]
+    L.append("")
+    return L

@@ -1,0 +1,145 @@
+"""``docs/results.md`` sections for issue 20: fold ensembles and segmentation with a modality missing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from make_results import case_metric, fmt, mean_sd, noise_verdict, paired
+
+#: rows of the modality table: (label, group/tag, which input) -> per-case Dice
+MODALITY_ROWS = (
+    ("(a) full model (trained on both)", "authors", "veloxseg", "both"),
+    ("(b) modality dropout 0.3", "modality", "dropout", "both"),
+    ("(b) modality dropout 0.3", "modality", "dropout", "PET only"),
+    ("(b) modality dropout 0.3", "modality", "dropout", "CT only"),
+    ("(c) trained on PET only", "modality", "pet-only", "PET only"),
+    ("(c) trained on CT only", "modality", "ct-only", "CT only"),
+)
+#: ``cases_missing`` key (absent channel indices) for each input of a HecktorMini model (0 = CT, 1 = PET)
+ABSENT = {"PET only": "0", "CT only": "1"}
+
+
+def _tag(rec: dict) -> str:
+    return rec["job"].get("tag") or rec["job"]["variant"] or rec["job"]["model"]
+
+
+def modality_dice(groups: dict[str, list[dict]]) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (row label, input): per-case Dice pooled over the folds."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for label, group, tag, inp in MODALITY_ROWS:
+        recs = [r for r in groups.get(group, []) if "job" in r and _tag(r) == tag]
+        d: dict[str, float] = {}
+        for r in recs:
+            if tag == "dropout" and inp != "both":
+                cases = r.get("cases_missing", {}).get(ABSENT[inp])
+                if cases is None:
+                    continue
+                d.update(case_metric({"cases": cases}, "dice"))
+            else:
+                d.update(case_metric(r, "dice"))
+        if d:
+            out[(label, inp)] = d
+    return out
+
+
+def modality_plot(dice: dict[tuple[str, str], dict[str, float]], path: Path) -> bool:
+    """Held-out Dice per input, one point per case, the dropout model beside the dedicated models."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    if not dice:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    inputs = ["both", "PET only", "CT only"]
+    for j, (label, inp) in enumerate(dice):
+        x = inputs.index(inp) + (0.18 if label.startswith("(b)") else -0.18)
+        vals = list(dice[(label, inp)].values())
+        color = "tab:orange" if label.startswith("(b)") else "tab:blue"
+        ax.scatter([x] * len(vals), vals, color=color, alpha=0.6, s=18)
+        ax.errorbar([x], [sum(vals) / len(vals)], fmt="_", color="black", markersize=18)
+    ax.set_xticks(range(3), inputs)
+    ax.set_ylabel("held-out Dice (per case)")
+    ax.set_ylim(0, 1)
+    ax.scatter([], [], color="tab:blue", label="dedicated model: (a) both, (c) one modality")
+    ax.scatter([], [], color="tab:orange", label="(b) one model with modality dropout")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("HecktorMini, 3 folds, 8 CPU-minutes of training each")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def modality_section(groups: dict[str, list[dict]], png: Path) -> list[str]:
+    """Issue 20, part 3: modality dropout against models trained on one modality."""
+    L = ["## 7. Segmenting with a modality missing (HecktorMini, 8 CPU-minutes per fold)", ""]
+    dice = modality_dice(groups)
+    if not any(k[0].startswith("(b)") for k in dice):
+        return L + ["Not run yet: `python experiments/run_experiments.py --groups authors modality`.", ""]
+    have_plot = modality_plot(dice, png)
+    L += ["Every model: `veloxseg train --time-budget 8 --budget-clock cpu --threads 1 --num-folds 3 --fold K` "
+          "(the CLI's budget recipe), final weights, the fold's 2 held-out cases; per-case Dice pooled over the 3 "
+          "folds. (a) is section 6's default run. (b) adds `--modality-dropout 0.3` and predicts each held-out "
+          "case three times: with both channel files, without the CT file, without the PET file (the absent "
+          "channel zeroed after normalisation, `veloxseg predict` on a folder lacking that file). (c) trains on a "
+          "view of the data set holding one channel (symlinks, `experiments/run_experiments.py` "
+          "`channel_view`).", "",
+          "| model | input at prediction | held-out Dice, mean ± sd (cases) |", "|---|---|---|"]
+    for label, _, _, inp in MODALITY_ROWS:
+        d = dice.get((label, inp))
+        L.append(f"| {label} | {inp} | " + (f"{fmt(*mean_sd(list(d.values())))} ({len(d)})" if d else "not run")
+                 + " |")
+    L.append("")
+    comparisons = [("(b) both − (a) both", ("(b) modality dropout 0.3", "both"), ("(a) full model (trained on both)",
+                                                                                  "both")),
+                   ("(b) PET only − (c) PET-only model", ("(b) modality dropout 0.3", "PET only"),
+                    ("(c) trained on PET only", "PET only")),
+                   ("(b) CT only − (c) CT-only model", ("(b) modality dropout 0.3", "CT only"),
+                    ("(c) trained on CT only", "CT only"))]
+    for text, x, y in comparisons:
+        if x in dice and y in dice:
+            diffs, _ = paired(dice[x], dice[y])
+            L.append(f"- {text}, paired per case: {noise_verdict(diffs)}.")
+    if have_plot:
+        L += ["", f"![Dice with a modality missing]({png.name})"]
+    L += ["", "The claim tested: (b) with one modality is close to (c) for that modality, and (b) with both is no "
+          "worse than (a) beyond noise. Six held-out cases: an interval that holds 0 means these cases cannot "
+          "tell the two apart, not that they are equal. BratsMini (FLAIR only, T1c only) was not run: "
+          "`python experiments/run_experiments.py --groups modality` has no BratsMini jobs yet.", ""]
+    return L
+
+
+def ensemble_section(rec: dict | None) -> list[str]:
+    """Issue 20, part 1: a 4-fold ensemble against its folds on 2 held-out HecktorMini cases."""
+    L = ["## 8. A cross-validation ensemble against its single folds (HecktorMini)", ""]
+    if rec is None:
+        return L + ["Not run yet: `python experiments/ensemble.py`.", ""]
+    held = rec["held_out"]
+    L += [f"Cases {', '.join(held)} held out; the other four cross-validated with `{rec['command']}` (VIEW: those "
+          "four cases). Each fold then predicts the held-out cases alone (`-m RUN/fold_K/checkpoint_best.pt`), and "
+          "the ensemble (`-m RUN`, the mean of the 4 folds' softmax probabilities) predicts them once. Seconds per "
+          f"case: {rec['predict']}.", "",
+          "| model | " + " | ".join(f"Dice {c}" for c in held) + " | mean Dice | s per case (mean) |",
+          "|---|" + "---|" * (len(held) + 2)]
+    for name, r in rec["rows"].items():
+        d = [r["dice"].get(c, math.nan) for c in held]
+        t = list(r["seconds"].values())
+        L.append(f"| {name} | " + " | ".join(fmt(v) for v in d) + f" | {fmt(sum(d) / len(d))} | "
+                 f"{fmt(sum(t) / len(t), digits=2)} |")
+    single = rec.get("single_model_8min")
+    if single:
+        d = [single["dice"].get(c, math.nan) for c in held]
+        L.append(f"| one model on all 4 cases, 8 CPU-min (section 6, fold 0) | " + " | ".join(fmt(v) for v in d)
+                 + f" | {fmt(sum(d) / len(d))} | |")
+    folds = [r for n, r in rec["rows"].items() if n.startswith("fold")]
+    fold_mean = [sum(r["dice"][c] for r in folds) / len(folds) for c in held]
+    L += ["", f"Mean of the single folds per case: {', '.join(fmt(v) for v in fold_mean)}. Each fold trained on 3 "
+          "cases for its budget (the ensemble cost 4× one fold's training and about 4× its inference). Two "
+          "held-out cases decide nothing about accuracy; the table shows that the ensemble runs end to end on real "
+          "data and what it costs.", ""]
+    return L
