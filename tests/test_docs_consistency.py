@@ -71,6 +71,23 @@ def test_every_flag_in_the_user_docs_exists_somewhere(page, commands):
     assert not unknown, f"{page}: no veloxseg command has {sorted(unknown)}"
 
 
+
+@pytest.mark.parametrize("page", USER_DOCS)
+def test_documented_choices_are_the_parsers(page, commands):
+    """``--flag a|b|c`` lists only values some command's ``--flag`` accepts."""
+    choices: dict[str, set[str]] = {}
+    for options in commands.values():
+        for flag, action in options.items():
+            if action.choices is not None:
+                choices.setdefault(flag, set()).update(str(c) for c in action.choices)
+    wrong = []
+    for flag, values in re.findall(r"(--[a-z][a-z0-9-]*) ([\w.-]+(?:\\?\|[\w.-]+)+)", read(page)):
+        listed = set(values.replace("\\", "").split("|"))
+        if flag in choices and not listed <= choices[flag]:
+            wrong.append(f"{flag} {values}: not {sorted(listed - choices[flag])}")
+    assert not wrong, f"{page}: {wrong}"
+
+
 def test_documented_defaults_are_the_parsers_and_the_apis(commands):
     from veloxseg.cli import demo
     from veloxseg.inference.predictor import Predictor
