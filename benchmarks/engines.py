@@ -195,9 +195,8 @@ def main() -> int:
     lines += ["", f"`veloxseg predict` runs the TorchScript graph by default (`--engine torch`): after "
               f"{PREDICT_TRACE_AFTER} eager calls of a window shape (a cohort, not a single volume: ski rental over "
               "the second or so it costs) the network (with the fast CPU kernels) is traced, frozen (weights, the "
-              "fused q/k/v and mixer weights and the position biases become constants), specialised to its input "
-              "shape (the traced shape arithmetic read once and folded away) and checked against eager; then "
-              "TorchScript's interpreter runs it without Python in between (trace, freeze, fold and check here: "
+              "fused q/k/v and mixer weights and the position biases become constants) and checked against eager; "
+              "then TorchScript's interpreter runs it without Python in between (trace, freeze and check here: "
               f"{took}). `--engine eager` runs eager PyTorch with the fast kernels, `--engine pt2` the AOTInductor "
               "package, `--engine onnxruntime` ONNX Runtime. torch.compile is not offered by `predict`.", "", END]
     write_table(Path(args.out), "\n".join(lines))

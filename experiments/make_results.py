@@ -355,6 +355,9 @@ def render(groups: dict[str, list[dict]], out: Path, png: Path, expected: int | 
     L += ensemble_section(next(iter(groups.get("ensemble", [])), None))
     L += budget_pair_section({r["name"]: r for r in groups.get("budget", [])})
     L += curve_section(groups, png.with_name("results_dice_per_cpu_minute.png"))
+    from engine_results import bf16_training_section
+
+    L += bf16_training_section(next(iter(groups.get("bf16", [])), None), png.with_name("results_bf16_training.png"))
     fin = sorted(r.get("finished_utc", "") for r in every if r.get("finished_utc"))
     L += ["## What was tried", "",
           "- A first attempt used the plan's defaults — 64³ patches (the whole volume), peak lr 1e-3, 2.5 minutes "

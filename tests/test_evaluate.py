@@ -73,6 +73,26 @@ def test_cli_writes_csv_json_and_summary_skips_undefined(tmp_path, capsys):
     assert dice["n"] == 3 and dice["mean"] == pytest.approx((1 + 0.75 + 0) / 3)
     assert info["references_without_prediction"] == ["unpredicted"]
     assert "4 case(s) scored" in capsys.readouterr().out
+    assert main([*args, "--allow-missing"]) == 0  # its own reports are replaced on a second run
+
+
+def test_reports_never_replace_a_users_file(tmp_path, capsys):
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    _save(ref / "a.nii.gz", _cube())
+    _save(pred / "a.nii.gz", _cube())
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"my": "own results"}')
+    (pred / "evaluation.csv").write_text("my,own,table\n1,2,3\n")
+    args = ["evaluate", "--pred", str(pred), "--ref", str(ref), "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "evaluation.csv" in err and "--overwrite" in err and len(err.splitlines()) == 1
+    assert (pred / "evaluation.csv").read_text() == "my,own,table\n1,2,3\n"
+    assert main([*args, "--csv", str(tmp_path / "scores.csv"), "--json", str(notes)]) == 1
+    assert notes.read_text() == '{"my": "own results"}' and not (tmp_path / "scores.csv").exists()
+    assert main([*args, "--overwrite", "--json", str(notes)]) == 0
+    assert json.loads(notes.read_text())["summary"]["cases"] == 1
+    assert (pred / "evaluation.csv").read_text().startswith("case,label,dice")
 
 
 def test_labels_default_to_those_found(tmp_path):

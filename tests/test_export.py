@@ -150,6 +150,17 @@ def test_export_of_a_bad_checkpoint_fails_cleanly(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.pt"]
 
 
+def test_onnx_export_without_the_deploy_extra_says_what_to_install(tmp_path, ckpt, capsys, monkeypatch):
+    from veloxseg import extras
+
+    monkeypatch.setattr(extras, "missing_modules", lambda modules: [m for m in modules if m == "onnxscript"])
+    out = tmp_path / "m.onnx"
+    assert main(["export", "-m", str(ckpt), "--format", "onnx", "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "onnxscript" in err and "veloxseg[deploy]" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+
 def test_export_into_a_missing_folder_fails_cleanly(tmp_path, ckpt, capsys):
     assert main(["export", "-m", str(ckpt), "--format", "onnx", "-o", str(tmp_path / "no" / "m.onnx")]) == 1
     assert "does not exist" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import torch
 
 from veloxseg import VeloxSeg
 from veloxseg.checkpoint import save_checkpoint
-from veloxseg.inference import Predictor, cpu
+from veloxseg.inference import Predictor, cpu, precision
 from veloxseg.inference.engines import load_model
 from veloxseg.inference.precision import AUTO_MIN_AGREEMENT, choose
 
@@ -89,6 +89,7 @@ def test_auto_is_fp32_without_native_bf16(trained, monkeypatch, caplog):
 
 def test_auto_with_native_bf16_checks_the_first_windows(trained, monkeypatch, caplog):
     monkeypatch.setattr(cpu, "native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "AUTO_MIN_SPEEDUP", 0.0)  # this test is about the labels; speed: the next one
     ckpt, files, _ = trained
     predictor = Predictor.from_checkpoint(ckpt, engine="eager", precision="auto", threads=1)
     assert predictor.model.precision == "auto"
@@ -105,6 +106,28 @@ def test_auto_with_native_bf16_checks_the_first_windows(trained, monkeypatch, ca
     disagreeing.model.bf16_engine = lambda x: -fp32_engine(x)  # a bf16 path whose labels differ
     disagreeing.predict(files)
     assert disagreeing.model.precision == "fp32"
+
+
+def test_auto_keeps_fp32_where_bf16_is_not_faster(trained, monkeypatch, caplog):
+    """Native bf16 that agrees but runs slower (AVX512-BF16 without AMX measured so) is not chosen."""
+    monkeypatch.setattr(cpu, "native_bf16", lambda: True)
+    ckpt, files, _ = trained
+    predictor = Predictor.from_checkpoint(ckpt, engine="eager", precision="auto", threads=1)
+    fast = predictor.model.bf16_engine
+
+    def slow(x):
+        import time
+        time.sleep(0.05)
+        return fast(x)
+
+    predictor.model.bf16_engine = slow
+    with caplog.at_level(logging.INFO):
+        predictor.predict(files)
+    assert predictor.model.precision == "fp32"
+    note = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("precision auto"))
+    assert "as fast as fp32 here, <" in note
+    assert choose(torch.ones(1, 2, 4), torch.ones(1, 2, 4), speedup=1.5)[0] == "bf16"
+    assert choose(torch.ones(1, 2, 4), torch.ones(1, 2, 4), speedup=0.8)[0] == "fp32"
 
 
 def test_choice_threshold():

@@ -20,7 +20,7 @@ truncated copy is an error naming the file, and so are non-finite weights.
 Payload keys (``format_version`` 2; version 1 files are converted with ``veloxseg checkpoint upgrade``):
 
 ``format``            ``"veloxseg-checkpoint"``
-``format_version``    ``1``
+``format_version``    ``2``
 ``model_name``        a key of :data:`MODEL_BUILDERS` (``"veloxseg"``, or a baseline: ``"unet"``, ...)
 ``model_kwargs``      constructor arguments (``VeloxSeg.hparams`` / ``BaselineNet.hparams``)
 ``variant``           (optional) the ablation variant a VeloxSeg was trained as

@@ -285,6 +285,43 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
     return result
 
 
+#: the header row of :func:`write_csv` (a file that starts with it was written by ``veloxseg evaluate``)
+CSV_HEADER: tuple[str, ...] = ("case", "label", "dice", "hd95_mm", "reference_voxels", "predicted_voxels",
+                               "fp_volume_ml", "fn_volume_ml", "lesions_tp", "lesions_fp", "lesions_fn")
+
+
+def written_by_evaluate(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a report an earlier ``veloxseg evaluate`` wrote (its CSV header, or its JSON keys)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            head = f.read(1 << 20)
+    except (OSError, UnicodeDecodeError):
+        return False
+    if head.splitlines()[:1] == [",".join(CSV_HEADER)]:
+        return True
+    try:
+        data = json.loads(head)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and set(data) == {"summary", "cases", "references_without_prediction"}
+
+
+def check_report_targets(paths: Sequence[str | os.PathLike | None], overwrite: bool = False) -> None:
+    """An :class:`~veloxseg.errors.InputError` for a report path that holds a file ``veloxseg evaluate`` did not
+    write (unless ``overwrite``): its reports never replace a user's file."""
+    from .errors import InputError
+
+    for p in paths:
+        if p is None or overwrite:
+            continue
+        p = Path(p)
+        if p.is_dir():
+            raise InputError(f"{p}: is a folder; give a file name for the report")
+        if p.exists() and not written_by_evaluate(p):
+            raise InputError(f"{p}: exists and was not written by veloxseg evaluate; not replaced "
+                             "(choose another path, or --overwrite)")
+
+
 def write_csv(scores: Sequence[ClassScore], path: str | os.PathLike) -> None:
     """One row per case and label: case, label, dice, hd95_mm, reference_voxels, predicted_voxels, then
     fp_volume_ml, fn_volume_ml, lesions_tp, lesions_fp, lesions_fn."""
@@ -292,8 +329,7 @@ def write_csv(scores: Sequence[ClassScore], path: str | os.PathLike) -> None:
 
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["case", "label", "dice", "hd95_mm", "reference_voxels", "predicted_voxels", "fp_volume_ml",
-                     "fn_volume_ml", "lesions_tp", "lesions_fp", "lesions_fn"])
+    writer.writerow(CSV_HEADER)
     for s in scores:
         writer.writerow([s.case, s.label, _fmt(s.dice), _fmt(s.hd95_mm), s.reference_voxels, s.predicted_voxels,
                          _fmt(s.fp_volume_ml), _fmt(s.fn_volume_ml), s.lesions_tp, s.lesions_fp, s.lesions_fn])

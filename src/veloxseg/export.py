@@ -149,6 +149,9 @@ def _write(model: nn.Module, fmt: str, example: torch.Tensor, path: Path, opset:
     """Write ``model`` in ``fmt`` to ``path``, traced at ``example`` (channels and window fixed, batch dynamic)."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     if fmt == "onnx":
+        from .extras import require
+
+        require(("onnx", "onnxscript"), "veloxseg export --format onnx", "deploy")
         with torch.no_grad():
             torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

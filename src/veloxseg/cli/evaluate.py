@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="score only these cases of REF (e.g. a fold's held-out cases of a dataset's labelsTr)")
     p.add_argument("--allow-missing", action="store_true",
                    help="score references without a prediction as empty predictions (Dice 0) instead of failing")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --csv/--json files that an earlier veloxseg evaluate did not write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--lesion-overlap", type=float, default=0.0,
                    help="a reference lesion is detected (TP) when more than this fraction of its voxels is predicted, "
@@ -41,12 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate ``args.pred`` against ``args.ref`` and print the summary."""
-    from ..evaluation import evaluate_folders
+    from ..evaluation import check_report_targets, evaluate_folders
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     csv_path = args.csv if args.csv is not None else args.pred / "evaluation.csv"
     if not 0.0 <= args.lesion_overlap < 1.0:
         raise ValueError(f"--lesion-overlap must be in [0, 1), got {args.lesion_overlap}")
+    check_report_targets([csv_path, args.json], args.overwrite)
     result = evaluate_folders(args.pred, args.ref, args.labels, csv_path=csv_path, json_path=args.json,
                               progress=not args.quiet, allow_missing=args.allow_missing, cases=args.cases,
                               lesion_overlap=args.lesion_overlap)

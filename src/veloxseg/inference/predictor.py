@@ -173,13 +173,14 @@ class Predictor:
     # -- network ---------------------------------------------------------------------------------
 
     def _decide_precision(self, x: torch.Tensor) -> None:
-        """``auto``: compute the first windows in fp32 and bf16 and keep bf16 only if the labels agree."""
-        from .precision import choose
+        """``auto``: compute the first windows in fp32 and bf16 and keep bf16 only if the labels agree and it is faster."""
+        from .precision import choose, timed
 
         m = self.model
         assert m.bf16_engine is not None
         reference = m.reference or m.engine
-        chosen, _ = choose(reference(x).float().cpu(), m.bf16_engine(x).float().cpu())
+        (fp32, t32), (bf16, t16) = timed(reference, x), timed(m.bf16_engine, x)
+        chosen, _ = choose(fp32, bf16, speedup=t32 / max(t16, 1e-9))
         if chosen == "bf16":
             m.engine = m.bf16_engine
         m.precision, m.bf16_engine, m.reference = chosen, None, None

@@ -5,7 +5,7 @@ up to 96^3) is meant for a GPU. On a CPU budget of minutes it gives a few hundre
 with a learning rate too low to use them, and an epoch of one pass gives 5 cases 3 steps but 500
 cases 250. With a time budget, the settings the user did not give are taken from
 :data:`BUDGET_RECIPE` instead -- the choices of ``veloxseg demo``, which reaches a held-out Dice
-of 0.74-0.85 in 7 minutes on a CPU:
+of about 0.7-0.76 in 7 minutes on a 2-core CPU (README):
 
 * epochs of a fixed number of optimizer steps (50, about the demo's 70 steps between
   validations; a CPU step of 4 crops takes 0.3-1 s, so nnU-Net's 250 would be several minutes),
