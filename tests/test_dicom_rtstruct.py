@@ -10,10 +10,14 @@ pytest.importorskip("pydicom")
 pytest.importorskip("highdicom")
 from matplotlib.path import Path as Polygon  # noqa: E402
 
+from test_dicom_predict import (CT_AFFINE, CT_SHAPE, ball_study, exact_study, labels_of,  # noqa: E402,F401
+                                oracle_ckpt)
+from veloxseg.cli import main  # noqa: E402
 from veloxseg.dicom import find_series, load_series  # noqa: E402
 from veloxseg.dicom.contours import mask_contours, polygon_area  # noqa: E402
 from veloxseg.dicom.rtstruct import RTSTRUCT_SOP_CLASS, write_rtstruct  # noqa: E402
 from veloxseg.dicom.synthetic import SeriesSpec, new_study_uids, write_series  # noqa: E402
+from veloxseg.inference.manifest import MANIFEST_NAME  # noqa: E402
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -102,3 +106,68 @@ def test_rtstruct_of_an_oblique_anisotropic_series_fills_back_exactly(tmp_path):
         if value:
             assert np.array_equal(filled[name], labels == value), name
     assert len(ds.ROIContourSequence[0].ContourSequence) == 3 + 2  # slice 2: outer + hole; slice 1: + corner pixel
+
+
+def test_predict_rtstruct_references_the_ct_and_fills_back_to_the_label_map(tmp_path, ball_study, oracle_ckpt):
+    import pydicom
+
+    out = tmp_path / "out"
+    assert main(["predict", "-m", oracle_ckpt, "-i", str(ball_study), "-o", str(out), "--output-type", "all",
+                 "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST_NAME) == [
+        "study.nii.gz", "study_rtstruct.dcm", "study_seg.dcm"]
+    assert "study_rtstruct.dcm" in (out / MANIFEST_NAME).read_text()
+    labels, _ = labels_of(out / "study.nii.gz")
+    assert labels.any() and labels.shape == CT_SHAPE
+    ct = load_series(find_series(ball_study / "CT")[0])
+    ds = pydicom.dcmread(out / "study_rtstruct.dcm")
+    assert ds.SOPClassUID == RTSTRUCT_SOP_CLASS
+    ref = ds.ReferencedFrameOfReferenceSequence[0]
+    assert ref.FrameOfReferenceUID == ct.headers[0].FrameOfReferenceUID
+    (series,) = ref.RTReferencedStudySequence[0].RTReferencedSeriesSequence
+    assert series.SeriesInstanceUID == ct.series.uid
+    assert [i.ReferencedSOPInstanceUID for i in series.ContourImageSequence] == [h.SOPInstanceUID for h in ct.headers]
+    seg = pydicom.dcmread(out / "study_seg.dcm")
+    for key in ("PatientName", "PatientID", "StudyInstanceUID", "StudyDate", "AccessionNumber"):
+        assert ds[key].value == seg[key].value == ct.headers[0][key].value  # copied as for the DICOM-SEG
+    assert [r.ROIName for r in ds.StructureSetROISequence] == [s.SegmentLabel for s in seg.SegmentSequence]
+    assert np.array_equal(rasterise(ds, ct.headers, ct.affine, CT_SHAPE)["tumour"], labels == 1)
+
+
+def test_rtstruct_only_keeps_no_nifti_and_continue_skips(tmp_path, ball_study, oracle_ckpt, capsys, caplog):
+    out = tmp_path / "out"
+    args = ["predict", "-m", oracle_ckpt, "-i", str(ball_study), "-o", str(out), "--output-type", "rtstruct"]
+    with caplog.at_level("DEBUG"):
+        assert main(args) == 0
+    printed = capsys.readouterr()
+    shown = printed.out + printed.err + caplog.text
+    assert "wrote 1 file(s) for --output-type rtstruct" in shown
+    assert "PHANTOM-0001" not in shown and "Phantom" not in shown  # no patient ID or name in the console or logs
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST_NAME) == ["study_rtstruct.dcm"]
+    before = (out / "study_rtstruct.dcm").stat().st_mtime_ns
+    assert main(args + ["--continue"]) == 0
+    assert "skipped 1 case(s) whose RTSTRUCT exists" in capsys.readouterr().out
+    assert (out / "study_rtstruct.dcm").stat().st_mtime_ns == before
+
+
+def test_an_rtstruct_predict_did_not_write_is_not_replaced(tmp_path, ball_study, oracle_ckpt, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "study_rtstruct.dcm"
+    mine.write_bytes(b"a structure set a planner edited")
+    args = ["predict", "-m", oracle_ckpt, "-i", str(ball_study), "-o", str(out), "--output-type", "rtstruct",
+            "--quiet"]
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "study_rtstruct.dcm: exists and was not written by veloxseg predict" in err and err.count("\n") == 1
+    assert mine.read_bytes() == b"a structure set a planner edited"
+    assert main(args + ["--overwrite"]) == 0 and mine.read_bytes()[128:132] == b"DICM"
+    assert main(args) == 0  # now predict's own file: replaced without --overwrite
+
+
+def test_rtstruct_of_nifti_input_is_a_clear_error(tmp_path, exact_study, oracle_ckpt, capsys):
+    assert main(["predict", "-m", oracle_ckpt, "-i", str(exact_study / "nifti"), "-o", str(tmp_path / "out"),
+                 "--output-type", "rtstruct", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "needs DICOM input (an RTSTRUCT references the source series)" in err and err.count("\n") == 1
