@@ -10,8 +10,8 @@ SOPInstanceUID.
 Contours follow the pixel edges (:mod:`.contours`): vertices on pixel corners, so filling them with
 the even-odd rule at pixel centres gives back exactly the label map. **Holes** are separate contours
 on the same slice (inner boundaries, running the other way round); a pixel is inside the ROI when it
-is inside an odd number of the slice's contours of that ROI (even-odd / XOR), as radiotherapy
-planning systems and 3D Slicer (SlicerRT) combine contours of one plane. Diagonal neighbours touching
+is inside an odd number of the slice's contours of that ROI (even-odd / XOR), the usual reading of
+nested contours in one plane. Diagonal neighbours touching
 only at a corner are separate contours sharing that corner.
 
 Patient and study attributes are copied from the source series as for the DICOM-SEG (highdicom's
