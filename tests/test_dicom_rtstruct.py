@@ -10,8 +10,7 @@ pytest.importorskip("pydicom")
 pytest.importorskip("highdicom")
 from matplotlib.path import Path as Polygon  # noqa: E402
 
-from test_dicom_predict import (CT_AFFINE, CT_SHAPE, ball_study, exact_study, labels_of,  # noqa: E402,F401
-                                oracle_ckpt)
+from test_dicom_predict import CT_SHAPE, ball_study, exact_study, labels_of, oracle_ckpt  # noqa: E402,F401
 from veloxseg.cli import main  # noqa: E402
 from veloxseg.dicom import find_series, load_series  # noqa: E402
 from veloxseg.dicom.contours import mask_contours, polygon_area  # noqa: E402
@@ -171,3 +170,17 @@ def test_rtstruct_of_nifti_input_is_a_clear_error(tmp_path, exact_study, oracle_
                  "--output-type", "rtstruct", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "needs DICOM input (an RTSTRUCT references the source series)" in err and err.count("\n") == 1
+
+
+def test_rtstruct_without_highdicom_says_what_to_install_before_predicting(tmp_path, ball_study, oracle_ckpt,
+                                                                           capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "highdicom" else real(name, *a))
+    capsys.readouterr()
+    assert main(["predict", "-m", oracle_ckpt, "-i", str(ball_study), "-o", str(tmp_path / "out"), "--output-type",
+                 "rtstruct", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "--output-type rtstruct needs highdicom" in err and "pip install 'veloxseg[dicom]'" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
