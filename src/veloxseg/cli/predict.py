@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "studies",
         description="Segment new cases with the preprocessing stored in the checkpoint; writes <case>.nii.gz "
                     "(uint8, exactly the input's shape and affine; for DICOM input the CT's grid) into OUTPUT_DIR, "
-                    "and with --output-type/--stats a DICOM-SEG and lesion statistics.")
+                    "and with --output-type/--stats a DICOM-SEG, an RTSTRUCT and lesion statistics.")
     p.add_argument("-m", "--model", required=True, type=Path, nargs="+",
                    help="checkpoint (.pt from veloxseg train) or exported model (veloxseg export); several, or a "
                         "run folder of folds (veloxseg train --fold all): an ensemble, the mean of their softmax "
@@ -58,9 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace files in OUTPUT_DIR that veloxseg predict did not write (by default it refuses)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    p.add_argument("--output-type", choices=("nifti", "dicom-seg", "both"), default="nifti",
-                   help="nifti: <case>.nii.gz; dicom-seg: <case>_seg.dcm, a DICOM-SEG referencing the source series "
-                        "(DICOM input only); both (default: nifti)")
+    p.add_argument("--output-type", choices=("nifti", "dicom-seg", "rtstruct", "both", "all"), default="nifti",
+                   help="nifti: <case>.nii.gz; dicom-seg: <case>_seg.dcm, a DICOM-SEG referencing the source series; "
+                        "rtstruct: <case>_rtstruct.dcm, an RT Structure Set (contours) on the source series; both: "
+                        "nifti and dicom-seg; all: nifti, dicom-seg and rtstruct (dicom-seg and rtstruct need DICOM "
+                        "input) (default: nifti)")
     p.add_argument("--stats", action="store_true",
                    help="also write <case>_stats.json: per label volume (mL) and lesions (26-connected components); "
                         "with a PET channel SUVmax/SUVmean per lesion and in total, TMTV and TLG")

@@ -1,6 +1,7 @@
 """DICOM in and out: series to volumes (:mod:`.series`), PET to SUV (:mod:`.suv`), a study's series
 matched to a model's channels on one grid (:mod:`.study`), DICOM cases for ``veloxseg predict``
-(:mod:`.cases`) and DICOM-SEG output (:mod:`.seg`).
+(:mod:`.cases`), DICOM-SEG output (:mod:`.seg`) and RTSTRUCT output (:mod:`.rtstruct`, contours from
+:mod:`.contours`).
 
 Needs the ``dicom`` extra (pydicom, highdicom): ``pip install 'veloxseg[dicom]'``. Importing this
 package does not import pydicom; the functions that need it say how to install it.
