@@ -70,7 +70,7 @@ def main() -> int:
     budget = info["budget"]
     record = {
         "name": name, "command": " ".join(cmd), "load": "two CPU-bound processes for the first 150 s" if a.load else
-        "none added (other experiment runs may share the machine: see load_average)",
+        "none added (nothing else was started; see the load average)",
         "load_average_before": load_before, "train_wall_seconds": round(wall, 1),
         "steps": info["steps"], "epochs_reached": info["epochs_reached"],
         "budget_used_seconds": budget["used_seconds"], "budget_used_fraction": budget["used_fraction"],
