@@ -8,8 +8,8 @@ from pathlib import Path
 from make_results import LABELS, case_metric, fmt, mean_sd, noise_verdict, paired
 
 
-def budget_pair_section(pair: dict[str, dict]) -> list[str]:
-    """The same budgeted command on a quiet and on a loaded machine."""
+def budget_pair_section(pair: dict[str, dict], authors: list[dict] | None = None) -> list[str]:
+    """The same budgeted command on a quiet and on a loaded machine (``authors``: section 6's runs, for reference)."""
     L = ["## 9. The CPU budget on a loaded machine (HecktorMini fold 0, 8 CPU-minutes)", ""]
     if not pair:
         return L + ["Not run yet: `python experiments/loaded_pair.py` and `python experiments/loaded_pair.py "
@@ -30,12 +30,15 @@ def budget_pair_section(pair: dict[str, dict]) -> list[str]:
                  + " | ".join(fmt(r["dice"].get(c, math.nan)) for c in first["val_cases"]) + " |")
     if "quiet" in pair and "loaded" in pair:
         q, ld = pair["quiet"], pair["loaded"]
+        same = next((r for r in authors or [] if not (r["job"].get("tag") or r["job"].get("variant"))
+                     and r["job"]["fold"] == 0), None)
+        ref = ", ".join(f"{c} {fmt(v)}" for c, v in case_metric(same, "dice").items()) if same else "not run"
         L += ["", f"Steps under load: {ld['steps'] / q['steps']:.0%} of the quiet run's; budget used "
               f"{ld['budget_used_fraction']:.0%} (the issue's target: at least 90 % of the budget and about the "
               "same steps). The plan's re-fits are in `experiments/results/budget/*.json` (`plans`); the load at the "
               "start and end of each run is in its `hardware`. The issue's Dice check uses 4 HECKTOR cases this "
-              "project does not have; on this fold's 2 held-out cases both runs land where section 6's runs of the "
-              "same command did (final weights: 0.407 and 0.418), so the load no longer costs accuracy. Two cases "
+              "project does not have; on this fold's 2 held-out cases both runs land where section 6's run of the "
+              f"same command did (final weights: {ref}), so the load no longer costs accuracy. Two cases "
               "are too few to say more."]
     L.append("")
     return L

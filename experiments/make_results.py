@@ -353,7 +353,7 @@ def render(groups: dict[str, list[dict]], out: Path, png: Path, expected: int | 
 
     L += modality_section(groups, png.with_name("results_modality.png"))
     L += ensemble_section(next(iter(groups.get("ensemble", [])), None))
-    L += budget_pair_section({r["name"]: r for r in groups.get("budget", [])})
+    L += budget_pair_section({r["name"]: r for r in groups.get("budget", [])}, groups.get("authors"))
     L += curve_section(groups, png.with_name("results_dice_per_cpu_minute.png"))
     from engine_results import bf16_training_section
 
