@@ -137,3 +137,35 @@ def test_predict_cli_ensembles_a_run_folder_files_or_some_folds(cv, tmp_path, ca
     assert "fold_3/checkpoint_best.pt: not found" in capsys.readouterr().err
     assert main(["predict", "-m", ckpts[0], "--folds", "0", "-i", str(images), "-o", str(tmp_path / "y")]) == 1
     assert "--folds picks folds of a run folder" in capsys.readouterr().err
+
+
+def test_fold_all_with_a_time_budget_takes_the_budget_recipe_like_a_single_run(tmp_path, monkeypatch):
+    """``--fold all --time-budget M`` trains every fold with the recipe ``--fold K --time-budget M`` would use."""
+    from veloxseg.cli import train as train_cli
+    from veloxseg.training import folds
+
+    seen = {}
+
+    def capture(config, **kwargs):
+        seen["config"] = config
+        return []
+
+    monkeypatch.setattr(folds, "train_folds", capture)
+    args = ["train", str(tmp_path / "data"), "--output", str(tmp_path / "cv"), "--time-budget", "3", "--lr", "1e-3"]
+    assert main([*args, "--fold", "all"]) == 0
+    cv_config = seen["config"]
+    single = train_cli.build_config(train_cli_args([*args, "--fold", "0"]))
+    assert cv_config.iterations == single.iterations == 50 and cv_config.lr == single.lr == 1e-3  # the flag wins
+    assert cv_config.budget_recipe == single.budget_recipe and "lr" not in cv_config.budget_recipe
+    assert cv_config.val_every == single.val_every
+
+
+def train_cli_args(argv):
+    import argparse
+
+    from veloxseg.cli import train as train_cli
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    train_cli.register(sub)
+    return parser.parse_args(argv)

@@ -119,7 +119,6 @@ def build_config(args: argparse.Namespace) -> Any:
     from ..errors import InputError
     from ..io import read_json_object
     from ..training import TrainConfig
-    from ..training.budget_recipe import budget_recipe
 
     base: dict[str, Any] = {"dataset": args.dataset, "output": args.output}
     saved = Path(args.output) / "config.json"
@@ -131,13 +130,24 @@ def build_config(args: argparse.Namespace) -> Any:
         value = getattr(args, key, None)
         if value is not None:
             base[key] = list(value) if isinstance(value, (list, tuple)) else value
-    if not args.resume and args.max_minutes is not None:
-        chosen = budget_recipe({key: getattr(args, key, None) for key in OVERRIDABLE})
-        if (args.recipe or base.get("recipe")) == "authors":  # their learning rates; the budget sets the rest
-            chosen = {k: v for k, v in chosen.items() if k not in ("lr", "min_lr", "warmup_epochs")}
-        base.update(chosen)
-        base["budget_recipe"] = chosen
+    if not args.resume:
+        with_budget_recipe(base, args)
     return TrainConfig.from_dict(base)
+
+
+def with_budget_recipe(base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``base`` with the budget recipe's settings that the flags leave open, when ``--time-budget`` is given
+    (:mod:`veloxseg.training.budget_recipe`); the settings chosen are kept as ``base["budget_recipe"]``."""
+    from ..training.budget_recipe import budget_recipe
+
+    if args.max_minutes is None:
+        return base
+    chosen = budget_recipe({key: getattr(args, key, None) for key in OVERRIDABLE})
+    if (args.recipe or base.get("recipe")) == "authors":  # their learning rates; the budget sets the rest
+        chosen = {k: v for k, v in chosen.items() if k not in ("lr", "min_lr", "warmup_epochs")}
+    base.update(chosen)
+    base["budget_recipe"] = chosen
+    return base
 
 
 def run(args: argparse.Namespace) -> int:
@@ -177,12 +187,15 @@ def run_all_folds(args: argparse.Namespace) -> int:
 
     base: dict[str, Any] = {"dataset": args.dataset, "output": args.output}
     saved = Path(args.output) / CONFIG_NAME
-    if args.resume and saved.is_file():
+    resumed = args.resume and saved.is_file()
+    if resumed:
         base = {**read_json_object(saved, "cross-validation configuration"), **base}
     for key in OVERRIDABLE:
         value = getattr(args, key, None)
         if value is not None and key not in ("fold", "splits"):
             base[key] = list(value) if isinstance(value, (list, tuple)) else value
+    if not resumed:  # every fold trains with the recipe a single run with --time-budget would
+        with_budget_recipe(base, args)
     base["fold"], base["splits"] = None, None
     summary = train_folds(TrainConfig.from_dict(base), parallel=args.parallel or 1, resume=args.resume,
                           overwrite=args.overwrite, splits_file=args.splits)
