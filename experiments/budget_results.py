@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from make_results import LABELS, case_metric, fmt, mean_sd, noise_verdict, paired
+from make_results import pyplot, save_figure, LABELS, case_metric, fmt, mean_sd, noise_verdict, paired
 
 
 def budget_pair_section(pair: dict[str, dict], authors: list[dict] | None = None) -> list[str]:
@@ -62,12 +62,8 @@ def curve_points(groups: dict[str, list[dict]]) -> dict[tuple[str, float], dict[
 
 
 def curve_plot(points: dict[tuple[str, float], dict[str, float]], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     if not points:
         return False
@@ -85,10 +81,7 @@ def curve_plot(points: dict[tuple[str, float], dict[str, float]], path: Path) ->
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     ax.set_title("HecktorMini, 3 folds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def curve_section(groups: dict[str, list[dict]], png: Path) -> list[str]:

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from make_results import fmt, mean_sd
+from make_results import pyplot, save_figure, fmt, mean_sd
 
 
 def bf16_plot(rec: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6.0, 3.4))
     for precision, run in rec["runs"].items():
@@ -22,10 +18,7 @@ def bf16_plot(rec: dict, path: Path) -> bool:
     ax.set_ylabel("training loss")
     ax.legend()
     ax.set_title("demo phantoms, same seed and recipe")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def bf16_training_section(rec: dict | None, png: Path) -> list[str]:

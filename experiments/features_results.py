@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from make_results import case_metric, fmt, mean_sd, noise_verdict, paired
+from make_results import pyplot, save_figure, case_metric, fmt, mean_sd, noise_verdict, paired
 
 #: rows of the modality table: (label, group/tag, which input) -> per-case Dice
 MODALITY_ROWS = (
@@ -45,12 +45,8 @@ def modality_dice(groups: dict[str, list[dict]]) -> dict[tuple[str, str], dict[s
 
 def modality_plot(dice: dict[tuple[str, str], dict[str, float]], path: Path) -> bool:
     """Held-out Dice per input, one point per case, the dropout model beside the dedicated models."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     if not dice:
         return False
@@ -69,10 +65,7 @@ def modality_plot(dice: dict[tuple[str, str], dict[str, float]], path: Path) -> 
     ax.scatter([], [], color="tab:orange", label="(b) one model with modality dropout")
     ax.legend(loc="lower left", fontsize=8)
     ax.set_title("HecktorMini, 3 folds, 8 CPU-minutes of training each")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def modality_section(groups: dict[str, list[dict]], png: Path) -> list[str]:

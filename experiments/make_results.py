@@ -155,6 +155,28 @@ def noise_verdict(diffs: list[float]) -> str:
             f"{'within noise' if lo <= 0 <= hi else 'beyond noise'}")
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig, path: Path) -> bool:
+    """Lay out, write and close ``fig``; True."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot(groups: dict[str, list[dict]], path: Path) -> bool:
     """Dice against inference seconds, one point per case, for every model trained on HecktorMini."""
     import matplotlib

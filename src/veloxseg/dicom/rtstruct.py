@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_path
 from .contours import mask_contours
 from .seg import label_colour, segment_labels
 from .series import quiet_pydicom
@@ -177,8 +176,6 @@ def _structure_set(hd: Any, source: Any, description: str, software_version: str
 def write_rtstruct(path: str | os.PathLike, labels: np.ndarray, source_headers: Sequence[Any],
                    label_names: Mapping[str, int], description: str = "VeloxSeg segmentation") -> Path:
     """Write ``labels`` as an RTSTRUCT to ``path`` atomically; returns the path."""
-    ds = build_rtstruct(labels, source_headers, label_names, description)
-    path = Path(path)
-    with atomic_path(path, ".dcm") as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
-    return path
+    from .seg import save_atomic
+
+    return save_atomic(build_rtstruct(labels, source_headers, label_names, description), path)

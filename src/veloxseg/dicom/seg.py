@@ -107,10 +107,14 @@ def _segmentation(hd: Any, source_headers: Sequence[Any], masks: np.ndarray, des
 def write_segmentation(path: str | os.PathLike, labels: np.ndarray, source_headers: Sequence[Any],
                        label_names: Mapping[str, int], description: str = "VeloxSeg segmentation") -> Path:
     """Write ``labels`` as DICOM-SEG to ``path`` atomically; returns the path."""
-    seg = build_segmentation(labels, source_headers, label_names, description)
+    return save_atomic(build_segmentation(labels, source_headers, label_names, description), path)
+
+
+def save_atomic(ds: Any, path: str | os.PathLike) -> Path:
+    """Save the DICOM dataset ``ds`` to ``path`` atomically (a finished file or none); returns the path."""
     path = Path(path)
     with atomic_path(path, ".dcm") as tmp:
-        seg.save_as(tmp, enforce_file_format=True)
+        ds.save_as(tmp, enforce_file_format=True)
     return path
 
 
