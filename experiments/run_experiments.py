@@ -128,6 +128,14 @@ def all_jobs(budget: float, threads: int, groups: list[str]) -> list[Job]:
                 missing=[[0], [1]]),
             Job("modality", h, "veloxseg", None, k, 3, 0, 8, 1, tag="pet-only", channels=[1]),
             Job("modality", h, "veloxseg", None, k, 3, 0, 8, 1, tag="ct-only", channels=[0]))]
+    if "modality-brats" in groups:  # the same on BratsMini (FLAIR + T1c, one MRI block: single channels dropped)
+        b, sp = str(BRATS), ["--spacing", "3", "3", "3"]
+        jobs += [j for k in range(4) for j in (
+            Job("modality-brats", b, "veloxseg", None, k, 4, 0, 8, 1, sp, tag="full"),
+            Job("modality-brats", b, "veloxseg", None, k, 4, 0, 8, 1, [*sp, "--modality-dropout", "0.3"],
+                tag="dropout", missing=[[0], [1]]),
+            Job("modality-brats", b, "veloxseg", None, k, 4, 0, 8, 1, sp, tag="flair-only", channels=[0]),
+            Job("modality-brats", b, "veloxseg", None, k, 4, 0, 8, 1, sp, tag="t1c-only", channels=[1]))]
     if "curve" in groups:  # budgets of its own; short runs first, fold-major
         jobs += [Job("curve", h, m, None, k, 3, 0, b, threads) for b in (2, 8, 30) for k in range(3)
                  for m, mb in CURVE_HECKTOR if mb == b]
@@ -357,7 +365,7 @@ def schedule(jobs: list[Job], work: Path, parallel: int, logs: Path, stop_at: fl
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--groups", nargs="+", default=["hecktor", "ablation", "seeds", "brats"],
-                    choices=["hecktor", "ablation", "seeds", "brats", "curve", "authors", "modality"],
+                    choices=["hecktor", "ablation", "seeds", "brats", "curve", "authors", "modality", "modality-brats"],
                     help="default: all but curve (the Dice-per-CPU-minute runs, which bring their own budgets)")
     ap.add_argument("--budget", type=float, default=1.5,
                     help="training budget per run, minutes of the run's own CPU time (default 1.5)")
