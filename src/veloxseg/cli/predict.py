@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write <case>.png: 3 slices through the largest predicted component")
     p.add_argument("--engine", choices=("torch", "eager", "pt2", "onnxruntime"), default="torch",
                    help="torch: PyTorch; on a CPU, after 200 network calls the network is traced into a TorchScript "
-                        "graph (about 1.5-2 s once, then about 10-18%% faster per call); eager: PyTorch, never traced; "
+                        "graph (about 1-2 s once, then about 15%% faster per call); eager: PyTorch, never traced; "
                         "pt2: torch.export + AOTInductor, compiled once per window shape (about a minute, needs a C++ "
                         "compiler) and cached in ~/.cache/veloxseg ($VELOXSEG_CACHE_DIR), or a .pt2 from veloxseg "
                         "export; onnxruntime (a checkpoint is exported in memory) (default: torch)")

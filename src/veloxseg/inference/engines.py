@@ -42,7 +42,7 @@ class TorchEngine:
     the graph is float32 only) and returns float32 logits.
 
     With ``graph=True`` on a CPU the module runs as a :class:`~.graph.FrozenGraph`: eagerly for the
-    first :data:`~.graph.PREDICT_TRACE_AFTER` calls of a window shape, then traced (about 1.5-2 s once)
+    first :data:`~.graph.PREDICT_TRACE_AFTER` calls of a window shape, then traced (about 1-2 s once)
     and about 10-18 % faster per call; and a batch of windows is spread over the threads one window
     per thread (:class:`~.streams.WindowStreams`), which on 2 threads gets 1.9x the windows of one
     thread from the graph instead of 1.5-1.7x.

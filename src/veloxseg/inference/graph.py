@@ -42,9 +42,8 @@ log = logging.getLogger(__name__)
 
 #: the graph must reproduce eager logits to this absolute tolerance on the window it is traced on
 TOLERANCE = 1e-3
-#: network calls of one window shape that ``veloxseg predict`` runs eagerly before tracing: ~1.5-2 s of
-#: tracing over the ~9 ms a window saves (autopet, 2 threads, a window per thread, each call one window:
-#: 2x400x400x300 in 4.5 s eagerly, 3.2 s traced; docs/dev/performance.md)
+#: network calls of one window shape that ``veloxseg predict`` runs eagerly before tracing: ~1-2 s of
+#: tracing (1.0-1.2 s for autopet in docs/engines.md) over the ~5-9 ms a window saves (autopet, 1-2 threads)
 PREDICT_TRACE_AFTER = 200
 
 
