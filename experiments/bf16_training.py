@@ -26,10 +26,11 @@ from run_experiments import RESULTS, _commit  # noqa: E402
 def train(data: Path, out: Path, precision: str, epochs: int) -> dict:
     import torch
 
+    from veloxseg.cli.demo import DEMO_PATCH
     from veloxseg.training import TrainConfig, Trainer
 
     torch.set_num_threads(1)
-    cfg = TrainConfig(dataset=str(data), output=str(out), epochs=epochs, patch_size=[48, 48, 48], lr=2e-3,
+    cfg = TrainConfig(dataset=str(data), output=str(out), epochs=epochs, patch_size=list(DEMO_PATCH), lr=2e-3,
                       min_lr=1e-5, warmup_epochs=2, val_fraction=0.125, val_every=5, device="cpu", threads=1,
                       seed=0, progress=False, precision=precision)
     trainer = Trainer(cfg)
@@ -78,7 +79,7 @@ def main() -> int:
     if not (data / "dataset.json").exists():
         write_demo_dataset(data, cases=16, seed=0, test_cases=4)
     record = {"epochs": a.epochs, "data": "veloxseg demo phantoms, 16 training (2 validation) + 4 test cases",
-              "recipe": "the demo's: patch 48^3, lr 2e-3, warm-up 2 epochs, cosine, 1 thread, seed 0",
+              "recipe": "the demo's: patch 64x64x32, lr 2e-3, warm-up 2 epochs, cosine, 1 thread, seed 0",
               "runs": {}, "load_average_start": list(os.getloadavg())}
     for precision in ("fp32", "bf16"):
         run = root / precision
