@@ -250,3 +250,17 @@ def test_jlc_block_shares_rotated_copies_between_its_3x3x3_and_5x5x5_convs():
         expected = torch.nn.functional.conv3d(x, conv.weight, conv.bias, padding=conv.padding, groups=conv.groups)
         assert torch.allclose(h, expected, atol=1e-5)
     assert torch.allclose(fast, slow, atol=1e-4)
+
+
+def test_eval_under_bf16_autocast_runs_and_keeps_the_labels():
+    """Validation during ``train --precision bf16`` runs the eval-mode network under autocast: the fast kernels (which
+    write into buffers of one dtype) step aside there instead of failing with a dtype error."""
+    torch.manual_seed(0)
+    net = VeloxSeg(in_channels=[1, 1], out_channels=2, img_size=(64, 64, 32)).eval()
+    x = torch.randn(1, 2, 64, 64, 32)
+    with torch.no_grad():
+        ref = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x)
+    assert torch.isfinite(out.float()).all()
+    assert (out.float().argmax(1) == ref.argmax(1)).float().mean() >= 0.99
