@@ -44,7 +44,7 @@ def train(data: Path, out: Path, precision: str, epochs: int) -> dict:
     return {"summary": {k: summary[k] for k in summary if isinstance(summary[k], (int, float, str))},
             "train_loss": [float(r["train_loss"]) for r in rows],
             "val_dice": {int(r["epoch"]): float(r["val_dice"]) for r in rows if r.get("val_dice")},
-            "cpu_seconds": round(cpu, 1), "steps": sum(int(r["steps"]) for r in rows if r.get("steps"))}
+            "cpu_seconds": round(cpu, 1), "steps": summary.get("steps")}
 
 
 def test_dice(data: Path, ckpt: Path) -> dict[str, float]:

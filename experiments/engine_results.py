@@ -33,13 +33,17 @@ def bf16_training_section(rec: dict | None, png: Path) -> list[str]:
     for p, r in runs.items():
         last5 = r["train_loss"][-5:]
         val = r["val_dice"][max(r["val_dice"], key=int)] if r["val_dice"] else float("nan")
-        per_step = r["cpu_seconds"] / r["steps"] if r.get("steps") else float("nan")
+        steps = r.get("steps") or r["summary"].get("steps")
+        per_step = r["cpu_seconds"] / steps if steps else float("nan")
         L.append(f"| {p} | {r['train_loss'][-1]:.4f} | {sum(last5) / len(last5):.4f} | {r['cpu_seconds']:.0f} | "
                  f"{per_step:.3f} | {fmt(val)} | {fmt(*mean_sd(list(r['test_dice'].values())))} |")
     if "fp32" in runs and "bf16" in runs:
         diffs = [b - a for a, b in zip(runs["fp32"]["train_loss"], runs["bf16"]["train_loss"])]
         m, s = mean_sd(diffs)
-        L += ["", f"Per-epoch loss difference bf16 − fp32: mean {m:+.4f}, sd {s:.4f} over {len(diffs)} epochs."]
+        L += ["", f"Per-epoch loss difference bf16 − fp32: mean {m:+.4f}, sd {s:.4f} over {len(diffs)} epochs. CPU s "
+              "include validation and checkpoints; on this CPU (AVX512-BF16, no AMX) bf16 autocast costs more than "
+              "it saves (the step time of `veloxseg bench` is in [engines.md](engines.md)). One seed and 4 test "
+              "cases: the test Dice difference is within what a second seed moves (section 4)."]
     if bf16_plot(rec, png):
         L += ["", f"![training loss, fp32 and bf16]({png.name})"]
     L.append("")

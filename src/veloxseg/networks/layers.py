@@ -54,11 +54,11 @@ def fast_paths(enabled: bool) -> Iterator[None]:
 
 
 def fast_paths_enabled() -> bool:
-    """Whether the fast CPU kernels are on (see :func:`fast_paths`): not while exporting, and not under
-    ``torch.autocast`` (the kernels write into buffers of one dtype; autocast mixes them, e.g. during the
-    validation of ``train --precision bf16``)."""
-    return _STATE.fast and not _exporting() and not torch.is_autocast_enabled("cpu") \
-        and not torch.is_autocast_enabled("cuda")
+    """Whether the fast CPU kernels are on (see :func:`fast_paths`): not while exporting, and not for inference
+    under ``torch.autocast`` (the inference kernels write into buffers of one dtype, which autocast's mixed dtypes
+    break, e.g. in the validation of ``train --precision bf16``; the training kernels keep working under it)."""
+    return _STATE.fast and not _exporting() and not (
+        not torch.is_grad_enabled() and (torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")))
 
 
 @contextlib.contextmanager
