@@ -41,9 +41,9 @@ def bf16_training_section(rec: dict | None, png: Path) -> list[str]:
         diffs = [b - a for a, b in zip(runs["fp32"]["train_loss"], runs["bf16"]["train_loss"])]
         m, s = mean_sd(diffs)
         L += ["", f"Per-epoch loss difference bf16 − fp32: mean {m:+.4f}, sd {s:.4f} over {len(diffs)} epochs. CPU s "
-              "include validation and checkpoints; on this CPU (AVX512-BF16, no AMX) bf16 autocast costs more than "
-              "it saves (the step time of `veloxseg bench` is in [engines.md](engines.md)). One seed and 4 test "
-              "cases: the test Dice difference is within what a second seed moves (section 4)."]
+              "include validation and checkpoints (the training step alone, from `veloxseg bench`, is in "
+              "[engines.md](engines.md)). One seed and 4 test cases: the test Dice differs mostly on one case, "
+              "and one seed cannot tell whether bf16 changed the result or chance did."]
     if bf16_plot(rec, png):
         L += ["", f"![training loss, fp32 and bf16]({png.name})"]
     L.append("")
