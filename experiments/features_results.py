@@ -94,10 +94,24 @@ def modality_section(groups: dict[str, list[dict]], png: Path) -> list[str]:
                     ("(c) trained on PET only", "PET only")),
                    ("(b) CT only − (c) CT-only model", ("(b) modality dropout 0.3", "CT only"),
                     ("(c) trained on CT only", "CT only"))]
+    beyond = False
     for text, x, y in comparisons:
         if x in dice and y in dice:
             diffs, _ = paired(dice[x], dice[y])
-            L.append(f"- {text}, paired per case: {noise_verdict(diffs)}.")
+            verdict = noise_verdict(diffs)
+            beyond = beyond or "beyond noise" in verdict
+            L.append(f"- {text}, paired per case: {verdict}.")
+    means = {k: sum(v.values()) / len(v) for k, v in dice.items()}
+    b = {inp: means.get(("(b) modality dropout 0.3", inp)) for inp in ("both", "PET only", "CT only")}
+    if all(v is not None for v in b.values()) and ("(a) full model (trained on both)", "both") in means:
+        a = means[("(a) full model (trained on both)", "both")]
+        L += ["", f"Reading: with both modalities the dropout model scores {b['both']:.3f} against the full model's "
+              f"{a:.3f} ({b['both'] - a:+.3f}); with the PET alone it scores {b['PET only']:.3f}, "
+              f"{'more' if b['PET only'] > b['both'] else 'less'} than with both, and with the CT alone "
+              f"{b['CT only']:.3f}: in 8 CPU-minutes it learns the tumour from the PET and hardly from the CT, as the "
+              "single-modality models do. "
+              + ("At least one paired difference above is beyond noise." if beyond else
+                 "None of the paired differences above is beyond noise on these cases.")]
     if have_plot:
         L += ["", f"![Dice with a modality missing]({png.name})"]
     L += ["", "The claim tested: (b) with one modality is close to (c) for that modality, and (b) with both is no "
