@@ -43,6 +43,8 @@ def dice(a: np.ndarray, b: np.ndarray, label: int) -> float | None:
 
 
 def run_one(ckpt: str, dataset: Path, cases: list[str] | None, threads: int) -> list[dict]:
+    import os
+
     import nibabel as nib
     import torch
 
@@ -72,6 +74,7 @@ def run_one(ckpt: str, dataset: Path, cases: list[str] | None, threads: int) -> 
             per_label[str(lab)] = {"dice_fp32": d32, "dice_bf16": d16,
                                    "diff": None if d32 is None or d16 is None else d16 - d32}
         rows.append({"checkpoint": ckpt, "dataset": dataset.name, "case": case.name, "voxels": int(ref.size),
+                     "load_average": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
                      "label_agreement": agree, "labels": per_label,
                      "seconds_fp32": round(secs["fp32"], 3), "seconds_bf16": round(secs["bf16"], 3)})
         print(f"{dataset.name} {case.name}: agreement {agree:.5f}, "
@@ -80,20 +83,25 @@ def run_one(ckpt: str, dataset: Path, cases: list[str] | None, threads: int) -> 
     return rows
 
 
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
 def table(rows: list[dict], header: str) -> str:
     worst = max((abs(v["diff"]) for r in rows for v in r["labels"].values() if v["diff"] is not None), default=0.0)
     lines = [BEGIN, "", header, "",
              "| data set | case | label agreement | Dice fp32 → bf16 (per label) | s per case fp32 / bf16 |",
              "|---|---|---:|---|---|"]
     for r in rows:
-        d = "; ".join(f"{k}: {'–' if v['dice_fp32'] is None else f'{v['dice_fp32']:.4f}'} → "
-                      f"{'–' if v['dice_bf16'] is None else f'{v['dice_bf16']:.4f}'}" for k, v in r["labels"].items())
+        d = "; ".join(f"{k}: {_num(v['dice_fp32'])} → {_num(v['dice_bf16'])}" for k, v in r["labels"].items())
         lines.append(f"| {r['dataset']} | {r['case']} | {100 * r['label_agreement']:.3f} % | {d} | "
                      f"{r['seconds_fp32']:.2f} / {r['seconds_bf16']:.2f} |")
     low = min(r["label_agreement"] for r in rows)
     lines += ["", f"Lowest agreement {100 * low:.3f} % (target ≥ 99.5 %); largest Dice change {worst:.4f} "
-              "(target ≤ 0.005). Times: one `predict_case` after a warm-up, on the machine above; the bf16 "
-              "path here is the eager bfloat16 copy (`--engine torch --precision bf16`).", "", END]
+              "(target ≤ 0.005). The Dice columns compare fp32 with bf16, not the models' accuracy (a case may have "
+              "been a training case). Times: one `predict_case` after a warm-up, on the machine above (load average "
+              f"at the start {rows[0].get('load_average', '?')}); the bf16 path here is the eager bfloat16 copy "
+              "(`--engine torch --precision bf16`).", "", END]
     return "\n".join(lines)
 
 
