@@ -8,7 +8,8 @@ TorchScript's C++ interpreter. The network computes the same thing (checked agai
 window it is traced on); it is about 10-15 % faster per window than eager (docs/engines.md) after a
 one-off cost of about 1-2 s per window shape. The graph is used as traced and frozen: earlier versions
 edited it further through private PyTorch graph APIs (shape arithmetic folded into constants, conv
-weights reordered once), which saved about 3 % and were removed (docs/engines.md).
+weights reordered once), which saved 5-8 % of a forward, under the 10 % a private API must earn, and were
+removed (docs/engines.md).
 
 When to pay that second is a ski-rental decision: ``veloxseg predict`` runs eagerly until a window
 shape has had :data:`PREDICT_TRACE_AFTER` network calls (by then eager has spent about what tracing
