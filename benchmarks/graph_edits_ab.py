@@ -17,7 +17,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +25,9 @@ from veloxseg import VeloxSeg
 from veloxseg.inference.graph import FrozenGraph
 from veloxseg.presets import get_preset
 from veloxseg.runtime import tune_allocator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired_ab import alternate  # noqa: E402
 
 BEFORE = "9f2077b"
 
@@ -62,13 +64,7 @@ def main() -> int:
             diff = (after(x) - before(x)).abs().max().item()  # traces both for this thread count
             for _ in range(3):
                 before(x), after(x)
-            times: dict[str, list[float]] = {"before": [], "after": []}
-            for i in range(a.forwards):
-                order = (("before", before), ("after", after))
-                for name, fn in order if i % 2 == 0 else order[::-1]:
-                    t0 = time.perf_counter()
-                    fn(x)
-                    times[name].append(time.perf_counter() - t0)
+            times = alternate(before, after, x, a.forwards)
             paired = [b - c for b, c in zip(times["after"], times["before"])]
             mb, ma = statistics.median(times["before"]), statistics.median(times["after"])
             print(f"{threads} thread(s): with the private edits {1000 * mb:.2f} ms, without {1000 * ma:.2f} ms; "

@@ -67,6 +67,19 @@ def _side(levers: list[str], enabled: bool, model: torch.nn.Module,
     return run
 
 
+def alternate(before: Callable[[torch.Tensor], torch.Tensor], after: Callable[[torch.Tensor], torch.Tensor],
+              x: torch.Tensor, forwards: int) -> dict[str, list[float]]:
+    """Seconds of ``forwards`` calls of each side on ``x``, alternating (which goes first alternates too)."""
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    for i in range(forwards):
+        order = (("before", before), ("after", after))
+        for name, fn in order if i % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            fn(x)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lever", required=True,
@@ -95,13 +108,7 @@ def main() -> int:
             diff = (after(x) - before(x)).abs().max().item()  # also traces the graph for this thread count
             for fn in (before, after, before, after):
                 fn(x)
-            times: dict[str, list[float]] = {"before": [], "after": []}
-            for i in range(args.forwards):
-                order = (("before", before), ("after", after))
-                for name, fn in order if i % 2 == 0 else order[::-1]:
-                    t0 = time.perf_counter()
-                    fn(x)
-                    times[name].append(time.perf_counter() - t0)
+            times = alternate(before, after, x, args.forwards)
             paired = [a - b for a, b in zip(times["after"], times["before"])]
             b, a = (statistics.median(times[k]) * 1e3 for k in ("before", "after"))
             print(f"{threads} thread(s): before {b:.2f} ms, after {a:.2f} ms (medians); "

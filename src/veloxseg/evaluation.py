@@ -294,14 +294,11 @@ def written_by_evaluate(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a report an earlier ``veloxseg evaluate`` wrote (its CSV header, or its JSON keys)."""
     try:
         with open(path, encoding="utf-8") as f:
-            head = f.read(1 << 20)
-    except (OSError, UnicodeDecodeError):
-        return False
-    if head.splitlines()[:1] == [",".join(CSV_HEADER)]:
-        return True
-    try:
-        data = json.loads(head)
-    except ValueError:
+            if f.readline().rstrip("\r\n") == ",".join(CSV_HEADER):
+                return True
+            f.seek(0)
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(data, dict) and set(data) == {"summary", "cases", "references_without_prediction"}
 
