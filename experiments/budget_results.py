@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from make_results import pyplot, save_figure, LABELS, case_metric, fmt, mean_sd, noise_verdict, paired
@@ -47,25 +48,43 @@ def budget_pair_section(pair: dict[str, dict], authors: list[dict] | None = None
 CURVE_MODELS = ("veloxseg", "unet", "segresnet", "dynunet")
 
 
-def curve_points(groups: dict[str, list[dict]]) -> dict[tuple[str, float], dict[str, float]]:
-    """Per (model, CPU-minutes): per-case held-out Dice on HecktorMini pooled over the folds.
+@dataclass(frozen=True)
+class Curve:
+    """One data set's time-to-accuracy runs."""
 
-    VeloxSeg at 8 CPU-minutes is section 6's default run (the same command as the curve's)."""
+    group: str
+    title: str
+    folds: str  # the ``--num-folds/--fold`` part of the command, and anything else every run adds
+    per_point: str  # "6 cases per point"
+    planned: frozenset[tuple[str, float]]
+
+
+CURVES = (Curve("curve", "HecktorMini, 3 folds", "--num-folds 3 --fold K", "the fold's 2 held-out cases; 6 cases "
+                "per point", frozenset({("veloxseg", 2), ("unet", 2), ("veloxseg", 8), ("unet", 8),
+                                        ("segresnet", 8), ("dynunet", 8), ("veloxseg", 30), ("unet", 30)})),
+          Curve("curve-brats", "BratsMini, 4 leave-one-out folds, 3 mm", "--num-folds 4 --fold K --spacing 3 3 3",
+                "the fold's held-out case, Dice averaged over its classes with a defined Dice; 4 cases per point",
+                frozenset({("veloxseg", 8), ("unet", 8), ("veloxseg", 30)})))
+
+
+def curve_points(groups: dict[str, list[dict]], curve: Curve = CURVES[0]
+                 ) -> dict[tuple[str, float], dict[str, float]]:
+    """Per (model, CPU-minutes): per-case held-out Dice pooled over the folds.
+
+    HecktorMini's VeloxSeg at 8 CPU-minutes is section 6's default run (the same command as the curve's)."""
     out: dict[tuple[str, float], dict[str, float]] = {}
-    for r in groups.get("curve", []):
+    for r in groups.get(curve.group, []):
         out.setdefault((r["job"]["model"], r["job"]["budget_min"]), {}).update(case_metric(r, "dice"))
-    if ("veloxseg", 8) not in out:
+    if curve.group == "curve" and ("veloxseg", 8) not in out:
         for r in groups.get("authors", []):
             if not (r["job"].get("tag") or r["job"].get("variant")):
                 out.setdefault(("veloxseg", 8), {}).update(case_metric(r, "dice"))
     return out
 
 
-def curve_plot(points: dict[tuple[str, float], dict[str, float]], path: Path) -> bool:
+def curve_plot(points: dict[tuple[str, float], dict[str, float]], title: str, path: Path) -> bool:
     plt = pyplot()
-    if plt is None:
-        return False
-    if not points:
+    if plt is None or not points:
         return False
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     for m in CURVE_MODELS:
@@ -80,22 +99,21 @@ def curve_plot(points: dict[tuple[str, float], dict[str, float]], path: Path) ->
     ax.set_ylabel("held-out Dice (mean ± sd over cases)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    ax.set_title("HecktorMini, 3 folds")
+    ax.set_title(title)
     return save_figure(fig, path)
 
 
-def curve_section(groups: dict[str, list[dict]], png: Path) -> list[str]:
-    """Held-out Dice against training CPU-minutes, per model, with paired intervals against VeloxSeg."""
-    L = ["## 10. Held-out Dice per CPU-minute of training (HecktorMini, 3 folds)", ""]
-    points = curve_points(groups)
+def curve_table(groups: dict[str, list[dict]], curve: Curve, png: Path) -> list[str]:
+    """One data set's points, its paired intervals against VeloxSeg, the target verdicts and the plot."""
+    points = curve_points(groups, curve)
     if not points:
-        return L + ["Not run yet: `python experiments/run_experiments.py --groups curve`.", ""]
-    have_plot = curve_plot(points, png)
-    L += ["Each point: `veloxseg train DATASET --model M --time-budget B --budget-clock cpu --threads 1 --num-folds 3 "
-          "--fold K` with nothing else chosen (the recipe the CLI picks for a budget), final weights, the fold's 2 "
-          "held-out cases; 6 cases per point.", "",
-          "| model | CPU-minutes | held-out Dice, mean ± sd (cases) | VeloxSeg − model, paired per case |",
-          "|---|---:|---|---|"]
+        return [f"Not run yet: `python experiments/run_experiments.py --groups curve --only '{curve.group}/*'`.", ""]
+    have_plot = curve_plot(points, curve.title, png)
+    L = [f"Each point: `veloxseg train DATASET --model M --time-budget B --budget-clock cpu --threads 1 "
+         f"{curve.folds}` with nothing else chosen (the recipe the CLI picks for a budget), final weights, "
+         f"{curve.per_point}.", "",
+         "| model | CPU-minutes | held-out Dice, mean ± sd (cases) | VeloxSeg − model, paired per case |",
+         "|---|---:|---|---|"]
     for (m, b) in sorted(points, key=lambda k: (k[1], CURVE_MODELS.index(k[0]) if k[0] in CURVE_MODELS else 9)):
         d = points[(m, b)]
         cmp = ""
@@ -118,17 +136,23 @@ def curve_section(groups: dict[str, list[dict]], png: Path) -> list[str]:
                         "the issue's target of at least the best baseline − 0.02; paired per case "
                         f"{'within' if 'within noise' in noise else 'beyond'} noise)")
     if verdicts:
-        L += ["", "Reading: " + "; ".join(verdicts) + ". Nothing was tuned for this table (no per-model "
-              "flags); what was compared on the VeloxSeg side is in section 6 (the authors' recipe and the network "
-              "before it matched theirs)."]
+        L += ["", "Reading: " + "; ".join(verdicts) + "."]
     if have_plot:
-        L += ["", f"![Dice per CPU-minute]({png.name})"]
-    planned = {("veloxseg", 2), ("unet", 2), ("veloxseg", 8), ("unet", 8), ("segresnet", 8), ("dynunet", 8),
-               ("veloxseg", 30), ("unet", 30)}
-    missing = sorted(planned - set(points), key=lambda k: (k[1], k[0]))
+        L += ["", f"![Dice per CPU-minute, {curve.title}]({png.name})"]
+    missing = sorted(curve.planned - set(points), key=lambda k: (k[1], k[0]))
     if missing:
-        L += ["", "Not run yet (`python experiments/run_experiments.py --groups curve`, resumable): "
-              + ", ".join(f"{LABELS.get(m, m)} at {b:g}" for m, b in missing) + "; BratsMini's curve "
-              "(`curve-brats`) too."]
+        L += ["", f"Not run yet (`python experiments/run_experiments.py --groups curve --only '{curve.group}/*'`, "
+              "resumable): " + ", ".join(f"{LABELS.get(m, m)} at {b:g}" for m, b in missing) + "."]
     L.append("")
+    return L
+
+
+def curve_section(groups: dict[str, list[dict]], png: Path) -> list[str]:
+    """Held-out Dice against training CPU-minutes, per model and data set, with paired intervals against VeloxSeg."""
+    L = ["## 10. Held-out Dice per CPU-minute of training", "",
+         "Nothing was tuned for these tables (no per-model flags); what was compared on the VeloxSeg side is in "
+         "section 6 (the authors' recipe and the network before it matched theirs).", ""]
+    for sub, curve in zip("ab", CURVES):
+        path = png if curve.group == "curve" else png.with_name(png.stem + "_brats.png")
+        L += [f"### 10{sub}. {curve.title}", ""] + curve_table(groups, curve, path)
     return L

@@ -3,36 +3,63 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from make_results import pyplot, save_figure, case_metric, fmt, mean_sd, noise_verdict, paired
 
-#: rows of the modality table: (label, group/tag, which input) -> per-case Dice
-MODALITY_ROWS = (
-    ("(a) full model (trained on both)", "authors", "veloxseg", "both"),
-    ("(b) modality dropout 0.3", "modality", "dropout", "both"),
-    ("(b) modality dropout 0.3", "modality", "dropout", "PET only"),
-    ("(b) modality dropout 0.3", "modality", "dropout", "CT only"),
-    ("(c) trained on PET only", "modality", "pet-only", "PET only"),
-    ("(c) trained on CT only", "modality", "ct-only", "CT only"),
-)
-#: ``cases_missing`` key (absent channel indices) for each input of a HecktorMini model (0 = CT, 1 = PET)
-ABSENT = {"PET only": "0", "CT only": "1"}
+@dataclass(frozen=True)
+class ModalityStudy:
+    """One data set's modality runs: which group holds what, and what its two modalities are called."""
+
+    dataset: str
+    full: tuple[str, str, float | None]  # (group, tag, budget) of the full model trained on both
+    group: str  # the group of the dropout and single-modality runs
+    #: per modality (named as in dataset.json): (its channel, the single-modality run's tag)
+    modalities: dict[str, tuple[int, str]]
+    folds: str
+    command: str
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """(label, group, tag, input) per table row."""
+        a, b = self.modalities
+        full_group, full_tag, _ = self.full
+        return [("(a) full model (trained on both)", full_group, full_tag, "both"),
+                *[("(b) modality dropout 0.3", self.group, "dropout", inp) for inp in ("both", f"{a} only",
+                                                                                        f"{b} only")],
+                *[(f"(c) trained on {m} only", self.group, tag, f"{m} only") for m, (_, tag) in
+                  self.modalities.items()]]
+
+    def absent(self, inp: str) -> str:
+        """``cases_missing`` key (the absent channel) for an input "X only" of a two-channel model."""
+        present = self.modalities[inp.removesuffix(" only")][0]
+        return str(1 - present)
+
+
+HECKTOR = ModalityStudy("HecktorMini", ("authors", "veloxseg", None), "modality",
+                        {"PET": (1, "pet-only"), "CT": (0, "ct-only")}, "3 folds, 2 held-out cases each",
+                        "--num-folds 3 --fold K")
+BRATS = ModalityStudy("BratsMini", ("curve-brats", "veloxseg", 8), "modality-brats",
+                      {"FLAIR": (0, "flair-only"), "T1c": (1, "t1c-only")},
+                      "4 leave-one-out folds, 3 mm", "--num-folds 4 --fold K --spacing 3 3 3")
 
 
 def _tag(rec: dict) -> str:
     return rec["job"].get("tag") or rec["job"]["variant"] or rec["job"]["model"]
 
 
-def modality_dice(groups: dict[str, list[dict]]) -> dict[tuple[str, str], dict[str, float]]:
-    """Per (row label, input): per-case Dice pooled over the folds."""
+def modality_dice(groups: dict[str, list[dict]], study: ModalityStudy = HECKTOR
+                  ) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (row label, input): per-case Dice (mean over the foreground classes) pooled over the folds."""
     out: dict[tuple[str, str], dict[str, float]] = {}
-    for label, group, tag, inp in MODALITY_ROWS:
+    for label, group, tag, inp in study.rows():
         recs = [r for r in groups.get(group, []) if "job" in r and _tag(r) == tag]
+        if group == study.full[0] and study.full[2] is not None:
+            recs = [r for r in recs if r["job"]["budget_min"] == study.full[2]]
         d: dict[str, float] = {}
         for r in recs:
             if tag == "dropout" and inp != "both":
-                cases = r.get("cases_missing", {}).get(ABSENT[inp])
+                cases = r.get("cases_missing", {}).get(study.absent(inp))
                 if cases is None:
                     continue
                 d.update(case_metric({"cases": cases}, "dice"))
@@ -43,16 +70,14 @@ def modality_dice(groups: dict[str, list[dict]]) -> dict[tuple[str, str], dict[s
     return out
 
 
-def modality_plot(dice: dict[tuple[str, str], dict[str, float]], path: Path) -> bool:
+def modality_plot(dice: dict[tuple[str, str], dict[str, float]], study: ModalityStudy, path: Path) -> bool:
     """Held-out Dice per input, one point per case, the dropout model beside the dedicated models."""
     plt = pyplot()
-    if plt is None:
-        return False
-    if not dice:
+    if plt is None or not dice:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    inputs = ["both", "PET only", "CT only"]
-    for j, (label, inp) in enumerate(dice):
+    inputs = ["both", *(f"{m} only" for m in study.modalities)]
+    for label, inp in dice:
         x = inputs.index(inp) + (0.18 if label.startswith("(b)") else -0.18)
         vals = list(dice[(label, inp)].values())
         color = "tab:orange" if label.startswith("(b)") else "tab:blue"
@@ -63,37 +88,28 @@ def modality_plot(dice: dict[tuple[str, str], dict[str, float]], path: Path) -> 
     ax.set_ylim(0, 1)
     ax.scatter([], [], color="tab:blue", label="dedicated model: (a) both, (c) one modality")
     ax.scatter([], [], color="tab:orange", label="(b) one model with modality dropout")
-    ax.legend(loc="lower left", fontsize=8)
-    ax.set_title("HecktorMini, 3 folds, 8 CPU-minutes of training each")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"{study.dataset}, {study.folds}, 8 CPU-minutes of training each")
     return save_figure(fig, path)
 
 
-def modality_section(groups: dict[str, list[dict]], png: Path) -> list[str]:
-    """Issue 20, part 3: modality dropout against models trained on one modality."""
-    L = ["## 7. Segmenting with a modality missing (HecktorMini, 8 CPU-minutes per fold)", ""]
-    dice = modality_dice(groups)
+def modality_table(groups: dict[str, list[dict]], study: ModalityStudy, png: Path) -> list[str] | None:
+    """The table, paired comparisons, reading and plot of one data set; None if its dropout model is not run."""
+    dice = modality_dice(groups, study)
     if not any(k[0].startswith("(b)") for k in dice):
-        return L + ["Not run yet: `python experiments/run_experiments.py --groups authors modality`.", ""]
-    have_plot = modality_plot(dice, png)
-    L += ["Every model: `veloxseg train --time-budget 8 --budget-clock cpu --threads 1 --num-folds 3 --fold K` "
-          "(the CLI's budget recipe), final weights, the fold's 2 held-out cases; per-case Dice pooled over the 3 "
-          "folds. (a) is section 6's default run. (b) adds `--modality-dropout 0.3` and predicts each held-out "
-          "case three times: with both channel files, without the CT file, without the PET file (the absent "
-          "channel zeroed after normalisation, `veloxseg predict` on a folder lacking that file). (c) trains on a "
-          "view of the data set holding one channel (symlinks, `experiments/run_experiments.py` "
-          "`channel_view`).", "",
-          "| model | input at prediction | held-out Dice, mean ± sd (cases) |", "|---|---|---|"]
-    for label, _, _, inp in MODALITY_ROWS:
+        return None
+    have_plot = modality_plot(dice, study, png)
+    L = ["| model | input at prediction | held-out Dice, mean ± sd (cases) |", "|---|---|---|"]
+    rows = study.rows()
+    for label, _, _, inp in rows:
         d = dice.get((label, inp))
         L.append(f"| {label} | {inp} | " + (f"{fmt(*mean_sd(list(d.values())))} ({len(d)})" if d else "not run")
                  + " |")
     L.append("")
-    comparisons = [("(b) both − (a) both", ("(b) modality dropout 0.3", "both"), ("(a) full model (trained on both)",
-                                                                                  "both")),
-                   ("(b) PET only − (c) PET-only model", ("(b) modality dropout 0.3", "PET only"),
-                    ("(c) trained on PET only", "PET only")),
-                   ("(b) CT only − (c) CT-only model", ("(b) modality dropout 0.3", "CT only"),
-                    ("(c) trained on CT only", "CT only"))]
+    (a_label, *_), (b_label, *_) = rows[0], rows[1]
+    comparisons = [("(b) both − (a) both", (b_label, "both"), (a_label, "both"))]
+    comparisons += [(f"(b) {inp} − (c) {inp.removesuffix(' only')}-only model", (b_label, inp), (label, inp))
+                    for label, _, _, inp in rows[4:]]
     beyond = False
     for text, x, y in comparisons:
         if x in dice and y in dice:
@@ -102,23 +118,40 @@ def modality_section(groups: dict[str, list[dict]], png: Path) -> list[str]:
             beyond = beyond or "beyond noise" in verdict
             L.append(f"- {text}, paired per case: {verdict}.")
     means = {k: sum(v.values()) / len(v) for k, v in dice.items()}
-    b = {inp: means.get(("(b) modality dropout 0.3", inp)) for inp in ("both", "PET only", "CT only")}
-    if all(v is not None for v in b.values()) and ("(a) full model (trained on both)", "both") in means:
-        a = means[("(a) full model (trained on both)", "both")]
+    one, two = (f"{m} only" for m in study.modalities)
+    b = {inp: means.get((b_label, inp)) for inp in ("both", one, two)}
+    if all(v is not None for v in b.values()) and (a_label, "both") in means:
+        a = means[(a_label, "both")]
+        strong, weak = (one, two) if b[one] >= b[two] else (two, one)
         L += ["", f"Reading: with both modalities the dropout model scores {b['both']:.3f} against the full model's "
-              f"{a:.3f} ({b['both'] - a:+.3f}); with the PET alone it scores {b['PET only']:.3f}, "
-              f"{'more' if b['PET only'] > b['both'] else 'less'} than with both, and with the CT alone "
-              f"{b['CT only']:.3f}: in 8 CPU-minutes it learns the tumour from the PET and hardly from the CT, as the "
-              "single-modality models do. "
+              f"{a:.3f} ({b['both'] - a:+.3f}); with the {strong.removesuffix(' only')} alone {b[strong]:.3f}, "
+              f"with the {weak.removesuffix(' only')} alone {b[weak]:.3f}. "
               + ("At least one paired difference above is beyond noise." if beyond else
                  "None of the paired differences above is beyond noise on these cases.")]
     if have_plot:
-        L += ["", f"![Dice with a modality missing]({png.name})"]
-    L += ["", "The claim tested: (b) with one modality is close to (c) for that modality, and (b) with both is no "
-          "worse than (a) beyond noise. Six held-out cases: an interval that holds 0 means these cases cannot "
-          "tell the two apart, not that they are equal. BratsMini (FLAIR only, T1c only) was not run in this "
-          "round: `python experiments/run_experiments.py --groups modality-brats` (16 runs of 8 CPU-minutes, 4 "
-          "leave-one-out folds, resumable) runs it.", ""]
+        L += ["", f"![Dice with a modality missing, {study.dataset}]({png.name})"]
+    L.append("")
+    return L
+
+
+def modality_section(groups: dict[str, list[dict]], png: Path) -> list[str]:
+    """Issue 20, part 3: modality dropout against models trained on one modality, HecktorMini and BratsMini."""
+    L = ["## 7. Segmenting with a modality missing (8 CPU-minutes per fold)", "",
+         "Every model: `veloxseg train --time-budget 8 --budget-clock cpu --threads 1` and the data set's folds "
+         "(the CLI's budget recipe), final weights, each fold's held-out cases; per-case Dice (BratsMini: the mean "
+         "over the 4 classes with a defined Dice) pooled over the folds. (b) adds `--modality-dropout 0.3` and "
+         "predicts each held-out case three times: with both channel files, and without each one (the absent "
+         "channel zeroed after normalisation, `veloxseg predict` on a folder lacking that file). (c) trains on a "
+         "view of the data set holding one channel (symlinks, `experiments/run_experiments.py` `channel_view`). "
+         "The claim tested: (b) with one modality is close to (c) for that modality, and (b) with both is no "
+         "worse than (a) beyond noise. An interval that holds 0 means these few cases cannot tell the two apart, "
+         "not that they are equal.", ""]
+    for study, sub, path, group in ((HECKTOR, "7a", png, "authors modality"),
+                                    (BRATS, "7b", png.with_name(png.stem + "_brats.png"), "modality-brats")):
+        L += [f"### {sub}. {study.dataset} ({study.folds}; (a) is section "
+              f"{'6' if study is HECKTOR else '10'}'s default run, `{study.command}`)", ""]
+        L += modality_table(groups, study, path) or [
+            f"Not run yet: `python experiments/run_experiments.py --groups {group}` (resumable).", ""]
     return L
 
 

@@ -107,3 +107,34 @@ def test_unknown_budget_clock(tmp_path):
     cfg = TrainConfig(dataset=str(data), output=str(tmp_path / "run"), budget_clock="gpu", threads=1)
     with pytest.raises(Exception, match="budget_clock must be wall or cpu"):
         ModelTrainer(cfg).run_training()
+
+
+def test_bratsmini_modality_table_uses_the_curve_run_once_and_names_its_sequences(tmp_path):
+    jobs = run_experiments.all_jobs(1.5, 1, ["modality-brats", "curve"])
+    paths = [j.result_path for j in jobs]
+    assert len(paths) == len(set(paths))  # the full model is the curve's 8-minute VeloxSeg run, run once
+    assert not any(j.group == "modality-brats" and j.tag == "full" for j in jobs)
+
+    import features_results
+
+    def brats(group, tag, budget, fold, dice, missing=None):
+        job = run_experiments.Job(group, "/data/Dataset502_BratsMini", "veloxseg", None, fold, 4, 0, budget, 1,
+                                  tag=tag)
+        case = {f"case{fold}": {"labels": {"1": {"dice": dice}, "2": {"dice": None}}}}
+        rec = {"job": job.__dict__, "name": job.name, "cases": case}
+        if missing:
+            rec["cases_missing"] = {k: {f"case{fold}": {"labels": {"1": {"dice": v}}}} for k, v in missing.items()}
+        return rec
+
+    groups = {"curve-brats": [brats("curve-brats", None, 8, k, 0.5) for k in range(4)]
+              + [brats("curve-brats", None, 30, k, 0.9) for k in range(4)],  # another budget: not the full model
+              "modality-brats": [brats("modality-brats", "dropout", 8, k, 0.4, {"1": 0.3, "0": 0.1}) for k in range(4)]
+              + [brats("modality-brats", "flair-only", 8, k, 0.35) for k in range(4)]}
+    text = "\n".join(features_results.modality_section(groups, tmp_path / "m.png"))
+    assert "### 7b. BratsMini" in text
+    assert "| (a) full model (trained on both) | both | 0.500 ± 0.000 (4) |" in text
+    assert "| (b) modality dropout 0.3 | FLAIR only | 0.300 ± 0.000 (4) |" in text  # T1c ("1") absent
+    assert "| (b) modality dropout 0.3 | T1c only | 0.100 ± 0.000 (4) |" in text
+    assert "| (c) trained on T1c only | T1c only | not run |" in text
+    assert "with the FLAIR alone 0.300, with the T1c alone 0.100" in text
+    assert "Not run yet: `python experiments/run_experiments.py --groups authors modality`" in text  # 7a
