@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from make_results import pyplot, save_figure, case_metric, fmt, mean_sd, noise_verdict, paired
@@ -19,6 +19,8 @@ class ModalityStudy:
     modalities: dict[str, tuple[int, str]]
     folds: str
     command: str
+    #: foreground classes by label value, for a per-class table (several classes only)
+    classes: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """(label, group, tag, input) per table row."""
@@ -41,33 +43,55 @@ HECKTOR = ModalityStudy("HecktorMini", ("authors", "veloxseg", None), "modality"
                         "--num-folds 3 --fold K")
 BRATS = ModalityStudy("BratsMini", ("curve-brats", "veloxseg", 8), "modality-brats",
                       {"FLAIR": (0, "flair-only"), "T1c": (1, "t1c-only")},
-                      "4 leave-one-out folds, 3 mm", "--num-folds 4 --fold K --spacing 3 3 3")
+                      "4 leave-one-out folds, 3 mm", "--num-folds 4 --fold K --spacing 3 3 3",
+                      {"1": "necrosis", "2": "edema", "3": "non-enh.", "4": "enhancing"})
 
 
 def _tag(rec: dict) -> str:
     return rec["job"].get("tag") or rec["job"]["variant"] or rec["job"]["model"]
 
 
-def modality_dice(groups: dict[str, list[dict]], study: ModalityStudy = HECKTOR
-                  ) -> dict[tuple[str, str], dict[str, float]]:
-    """Per (row label, input): per-case Dice (mean over the foreground classes) pooled over the folds."""
-    out: dict[tuple[str, str], dict[str, float]] = {}
+def _row_cases(groups: dict[str, list[dict]], study: ModalityStudy) -> dict[tuple[str, str], dict[str, dict]]:
+    """Per (row label, input): the held-out cases' records (per class metrics) pooled over the folds."""
+    out: dict[tuple[str, str], dict[str, dict]] = {}
     for label, group, tag, inp in study.rows():
         recs = [r for r in groups.get(group, []) if "job" in r and _tag(r) == tag]
         if group == study.full[0] and study.full[2] is not None:
             recs = [r for r in recs if r["job"]["budget_min"] == study.full[2]]
-        d: dict[str, float] = {}
+        cases: dict[str, dict] = {}
         for r in recs:
             if tag == "dropout" and inp != "both":
-                cases = r.get("cases_missing", {}).get(study.absent(inp))
-                if cases is None:
-                    continue
-                d.update(case_metric({"cases": cases}, "dice"))
+                cases.update(r.get("cases_missing", {}).get(study.absent(inp)) or {})
             else:
-                d.update(case_metric(r, "dice"))
-        if d:
-            out[(label, inp)] = d
+                cases.update(r["cases"])
+        if cases:
+            out[(label, inp)] = cases
     return out
+
+
+def modality_dice(groups: dict[str, list[dict]], study: ModalityStudy = HECKTOR
+                  ) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (row label, input): per-case Dice (mean over the foreground classes) pooled over the folds."""
+    return {k: d for k, cases in _row_cases(groups, study).items() if (d := case_metric({"cases": cases}, "dice"))}
+
+
+def class_table(groups: dict[str, list[dict]], study: ModalityStudy) -> list[str]:
+    """Per row and class: the mean Dice over the held-out cases where that class's Dice is defined."""
+    rows = _row_cases(groups, study)
+    L = ["Per class (mean Dice over the cases where it is defined, i.e. the class is in the reference or the "
+         "prediction):", "", "| model | input at prediction | " + " | ".join(study.classes.values()) + " |",
+         "|---|---|" + "---:|" * len(study.classes)]
+    for label, _, _, inp in study.rows():
+        cases = rows.get((label, inp))
+        if not cases:
+            continue
+        cells = []
+        for k in study.classes:
+            vals = [c["labels"][k]["dice"] for c in cases.values()
+                    if k in c["labels"] and c["labels"][k]["dice"] is not None]
+            cells.append(f"{sum(vals) / len(vals):.3f} ({len(vals)})" if vals else "–")
+        L.append(f"| {label} | {inp} | " + " | ".join(cells) + " |")
+    return L + [""]
 
 
 def modality_plot(dice: dict[tuple[str, str], dict[str, float]], study: ModalityStudy, path: Path) -> bool:
@@ -106,6 +130,8 @@ def modality_table(groups: dict[str, list[dict]], study: ModalityStudy, png: Pat
         L.append(f"| {label} | {inp} | " + (f"{fmt(*mean_sd(list(d.values())))} ({len(d)})" if d else "not run")
                  + " |")
     L.append("")
+    if study.classes:
+        L += class_table(groups, study)
     (a_label, *_), (b_label, *_) = rows[0], rows[1]
     comparisons = [("(b) both − (a) both", (b_label, "both"), (a_label, "both"))]
     comparisons += [(f"(b) {inp} − (c) {inp.removesuffix(' only')}-only model", (b_label, inp), (label, inp))

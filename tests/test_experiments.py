@@ -137,4 +137,5 @@ def test_bratsmini_modality_table_uses_the_curve_run_once_and_names_its_sequence
     assert "| (b) modality dropout 0.3 | T1c only | 0.100 ± 0.000 (4) |" in text
     assert "| (c) trained on T1c only | T1c only | not run |" in text
     assert "with the FLAIR alone 0.300, with the T1c alone 0.100" in text
+    assert "| (a) full model (trained on both) | both | 0.500 (4) | – | – | – |" in text  # per class
     assert "Not run yet: `python experiments/run_experiments.py --groups authors modality`" in text  # 7a
