@@ -517,6 +517,8 @@ AUTHORS_ROWS = {
                       "no flips, no clipping)",
     "pre-authors": "the network before issue 18 (`--variant pre-authors`: single residual, LN eps 1e-5, "
                    "DS align_corners=False, PyTorch init), veloxseg's recipe",
+    "ds-halving": "the authors' network, veloxseg's recipe with nnU-Net's deep-supervision weights "
+                  "(`--ds-weights 1 0.5 0.25 0.125` instead of the paper's equal weights)",
 }
 
 
@@ -544,7 +546,7 @@ def authors_section(recs: list[dict]) -> list[str]:
     L += ["", "Per held-out case:", "", "| case | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
     L += [f"| {c} | " + " | ".join(fmt(s[a]["dice"].get(c, math.nan)) for a in present) + " |" for c in cases]
     L.append("")
-    for other in ("recipe-authors", "pre-authors"):
+    for other in ("recipe-authors", "pre-authors", "ds-halving"):
         if "veloxseg" in s and other in s:
             diffs, common = paired(s["veloxseg"]["dice"], s[other]["dice"])
             L.append(f"- default − {other}, paired per case: {noise_verdict(diffs)}.")

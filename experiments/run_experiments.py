@@ -120,7 +120,10 @@ def all_jobs(budget: float, threads: int, groups: list[str]) -> list[Job]:
         jobs += [j for k in range(3) for j in (
             Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1),
             Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1, ["--recipe", "authors"], tag="recipe-authors"),
-            Job("authors", h, "veloxseg", "pre-authors", k, 3, 0, 8, 1))]
+            Job("authors", h, "veloxseg", "pre-authors", k, 3, 0, 8, 1),
+            # issue 22: the full-resolution output weighted above the coarse deep-supervision outputs
+            Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1, ["--ds-weights", "1", "0.5", "0.25", "0.125"],
+                tag="ds-halving"))]
     if "modality" in groups:  # issue 20: modality dropout against single-modality models, 8 CPU-min, 3 folds
         # (a), the full model with both modalities, is the ``authors`` group's default run (the same command)
         jobs += [j for k in range(3) for j in (

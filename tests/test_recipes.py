@@ -112,3 +112,38 @@ def test_authors_schedule_under_a_time_budget_is_refitted_and_keeps_their_rates(
     args = build_parser().parse_args(["train", "D", "-o", "R", "--recipe", "authors", "--time-budget", "2"])
     config = build_config(args)
     assert config.lr == 2.5e-4 and config.iterations == 50  # their rate, the budget's epoch structure
+
+
+def test_ds_weights_flag_reaches_the_loss_and_weights_the_outputs(tmp_path):
+    from veloxseg.cli import build_parser
+    from veloxseg.cli.train import build_config
+    from veloxseg.losses import VeloxSegLoss
+    from veloxseg.networks.veloxseg import VeloxSegOutput
+    from veloxseg.training import ModelTrainer
+
+    args = build_parser().parse_args(["train", "DATA", "--output", str(tmp_path / "r"), "--time-budget", "2",
+                                      "--ds-weights", "1", "0.5", "0.25", "0.125"])
+    config = build_config(args)
+    assert config.ds_weights == [1.0, 0.5, 0.25, 0.125]
+    assert ModelTrainer(config).build_loss().ds_weights == [1.0, 0.5, 0.25, 0.125]
+    assert ModelTrainer(build_config(build_parser().parse_args(
+        ["train", "DATA", "--output", str(tmp_path / "s")]))).build_loss().ds_weights is None  # the paper's
+
+    torch.manual_seed(0)
+    target = torch.randint(0, 2, (1, 1, 8, 8, 8))
+    logits = [torch.randn(1, 2, 8, 8, 8) for _ in range(4)]
+    out = VeloxSegOutput(logits, None, None, [])
+    only_main = VeloxSegLoss(ds_weights=[1, 0, 0, 0])(out, target).total
+    assert torch.allclose(only_main, VeloxSegLoss()(VeloxSegOutput(logits[:1], None, None, []), target).total)
+    assert not torch.allclose(only_main, VeloxSegLoss()(out, target).total)
+
+
+@pytest.mark.parametrize("argv,message", [(["--ds-weights", "0", "1", "1", "1"], "must be above 0"),
+                                          (["--model", "unet", "--ds-weights", "1", "1", "1", "1"], "VeloxSeg only")])
+def test_ds_weights_refused_where_they_mean_nothing(tmp_path, capsys, argv, message):
+    from veloxseg.cli import main
+
+    assert main(["train", str(tmp_path), "--output", str(tmp_path / "r"), *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

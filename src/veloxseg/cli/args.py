@@ -35,3 +35,8 @@ def fraction(text: str) -> float:
 def probability(text: str) -> float:
     """A number in [0, 1)."""
     return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    return _number(text, float, lambda v: 0 <= v < math.inf, "a finite number >= 0")

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .args import fraction, positive_float, positive_int, probability
+from .args import fraction, non_negative_float, positive_float, positive_int, probability
 
 
 def fold_value(text: str) -> int | str:
@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per sample, zero each input channel group (a modality, or one sequence of an MRI "
                         "block) with probability P, never all; the model can then predict with a channel "
                         "missing (default 0)")
+    p.add_argument("--ds-weights", type=non_negative_float, nargs=4, metavar="W",
+                   help="VeloxSeg: loss weights of the full-resolution output and the three deep-supervision "
+                        "outputs (finest first), normalised; default 1 1 1 1, the paper's")
     p.add_argument("--val-every", type=positive_int, help="validate every N epochs (default 5; with --time-budget 1)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default 2.5e-4; with --time-budget 2e-3)")
     p.add_argument("--selection", choices=("auto", "ema", "best", "last"),  # training.selection.RULES
@@ -107,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 OVERRIDABLE = ("model", "variant", "num_folds", "budget_clock", "preset", "epochs", "patch_size", "spacing",
                "batch_size", "fold", "val_fraction", "iterations", "val_every", "lr", "device", "threads", "seed",
                "cache", "num_workers", "max_minutes", "amp", "precision", "progress", "selection",
-               "recipe", "split", "init_from", "freeze", "modality_dropout", "splits")
+               "recipe", "split", "init_from", "freeze", "modality_dropout", "splits", "ds_weights")
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -159,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--resume and --overwrite contradict each other: choose one")
     if args.freeze and not args.init_from and not args.resume:
         raise InputError("--freeze needs --init-from CHECKPOINT: a fixed, freshly initialised encoder learns nothing")
+    if args.ds_weights is not None and (args.ds_weights[0] <= 0 or (args.model or "veloxseg") != "veloxseg"):
+        raise InputError("--ds-weights: VeloxSeg only, and the full-resolution output's weight (the first) must "
+                         f"be above 0, got {' '.join(f'{w:g}' for w in args.ds_weights)}"
+                         + (f" for --model {args.model}" if args.model not in (None, "veloxseg") else ""))
     if args.fold == "all":
         return run_all_folds(args)
     if args.parallel is not None:

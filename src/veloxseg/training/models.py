@@ -213,7 +213,8 @@ class ModelTrainer(Trainer):
             return BaselineLoss(self.model_name)
         from ..losses import VeloxSegLoss
 
-        kwargs: dict[str, Any] = {"lambda_rc": self.config.lambda_rc, "lambda_sdkt": self.config.lambda_sdkt}
+        kwargs: dict[str, Any] = {"lambda_rc": self.config.lambda_rc, "lambda_sdkt": self.config.lambda_sdkt,
+                                  "ds_weights": self.config.ds_weights}
         if self.variant is not None:
             from ..variants import get_variant
 

@@ -59,6 +59,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     lambda_rc: float = 0.5
     lambda_sdkt: float = 2.0
+    #: loss weights of the full-resolution output and the deep-supervision outputs (finest first), normalised;
+    #: None: all equal, the paper's [1, 1, 1, 1]
+    ds_weights: list[float] | None = None
     fold: int | None = None
     val_fraction: float = 0.2
     val_every: int = 5
@@ -277,7 +280,8 @@ class Trainer:
         """The full VeloxSeg loss."""
         from ..losses import VeloxSegLoss
 
-        return VeloxSegLoss(lambda_rc=self.config.lambda_rc, lambda_sdkt=self.config.lambda_sdkt)
+        return VeloxSegLoss(lambda_rc=self.config.lambda_rc, lambda_sdkt=self.config.lambda_sdkt,
+                            ds_weights=self.config.ds_weights)
 
     @property
     def recipe(self) -> Recipe:
