@@ -75,22 +75,41 @@ def modality_dice(groups: dict[str, list[dict]], study: ModalityStudy = HECKTOR
     return {k: d for k, cases in _row_cases(groups, study).items() if (d := case_metric({"cases": cases}, "dice"))}
 
 
+def class_means(groups: dict[str, list[dict]], study: ModalityStudy) -> dict[tuple[str, str], dict[str, tuple[float, int]]]:
+    """Per (row label, input) and class: the mean Dice over the held-out cases where it is defined, and their count."""
+    out: dict[tuple[str, str], dict[str, tuple[float, int]]] = {}
+    for key, cases in _row_cases(groups, study).items():
+        for k in study.classes:
+            vals = [c["labels"][k]["dice"] for c in cases.values()
+                    if k in c["labels"] and c["labels"][k]["dice"] is not None]
+            if vals:
+                out.setdefault(key, {})[k] = (sum(vals) / len(vals), len(vals))
+    return out
+
+
 def class_table(groups: dict[str, list[dict]], study: ModalityStudy) -> list[str]:
     """Per row and class: the mean Dice over the held-out cases where that class's Dice is defined."""
-    rows = _row_cases(groups, study)
+    means = class_means(groups, study)
     L = ["Per class (mean Dice over the cases where it is defined, i.e. the class is in the reference or the "
          "prediction):", "", "| model | input at prediction | " + " | ".join(study.classes.values()) + " |",
          "|---|---|" + "---:|" * len(study.classes)]
     for label, _, _, inp in study.rows():
-        cases = rows.get((label, inp))
-        if not cases:
+        row = means.get((label, inp))
+        if row is None:
             continue
-        cells = []
-        for k in study.classes:
-            vals = [c["labels"][k]["dice"] for c in cases.values()
-                    if k in c["labels"] and c["labels"][k]["dice"] is not None]
-            cells.append(f"{sum(vals) / len(vals):.3f} ({len(vals)})" if vals else "–")
+        cells = [f"{row[k][0]:.3f} ({row[k][1]})" if k in row else "–" for k in study.classes]
         L.append(f"| {label} | {inp} | " + " | ".join(cells) + " |")
+    b_label = study.rows()[1][0]
+    both = means.get((b_label, "both"), {})
+    best = []
+    for m in study.modalities:
+        row = means.get((b_label, f"{m} only"))
+        if row:
+            k = max(row, key=lambda c: row[c][0])
+            best.append(f"with the {m} alone, {study.classes[k]} ({row[k][0]:.3f}; with both "
+                        + (f"{both[k][0]:.3f})" if k in both else "–)"))
+    if best:
+        L += ["", "The dropout model's best class: " + "; ".join(best) + "."]
     return L + [""]
 
 
