@@ -131,10 +131,14 @@ def curve_table(groups: dict[str, list[dict]], curve: Curve, png: Path) -> list[
         best = max(base, key=base.get)
         v = sum(points[("veloxseg", b)].values()) / len(points[("veloxseg", b)])
         noise = noise_verdict(paired(points[("veloxseg", b)], points[(best, b)])[0])
+        if noise == "n/a":
+            noise = "n/a, fewer than 2 cases in common"
+        if len(points[(best, b)]) != len(points[("veloxseg", b)]):
+            noise += f"; partial: {len(points[(best, b)])} of {len(points[('veloxseg', b)])} cases run"
         verdicts.append(f"at {b:g} CPU-minutes VeloxSeg {v:.3f} against the best baseline run, {LABELS.get(best, best)} "
                         f"{base[best]:.3f}: {v - base[best]:+.3f} ({'meets' if v >= base[best] - 0.02 else 'misses'} "
-                        "the issue's target of at least the best baseline − 0.02; paired per case "
-                        f"{'within' if 'within noise' in noise else 'beyond'} noise)")
+                        f"the issue's target of at least the best baseline − 0.02; VeloxSeg − {LABELS.get(best, best)}, "
+                        f"paired per case: {noise})")
     if verdicts:
         L += ["", "Reading: " + "; ".join(verdicts) + "."]
     if have_plot:

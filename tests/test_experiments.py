@@ -139,3 +139,18 @@ def test_bratsmini_modality_table_uses_the_curve_run_once_and_names_its_sequence
     assert "with the FLAIR alone 0.300, with the T1c alone 0.100" in text
     assert "| (a) full model (trained on both) | both | 0.500 (4) | – | – | – |" in text  # per class
     assert "Not run yet: `python experiments/run_experiments.py --groups authors modality`" in text  # 7a
+
+
+def test_curve_verdict_says_when_the_baseline_is_partial(tmp_path):
+    import budget_results
+
+    def rec(model, fold, dice):
+        job = run_experiments.Job("curve-brats", "/data/Dataset502_BratsMini", model, None, fold, 4, 0, 8, 1)
+        return {"job": job.__dict__, "name": job.name, "cases": {f"case{fold}": {"labels": {"1": {"dice": dice}}}}}
+
+    groups = {"curve-brats": [rec("veloxseg", k, 0.5) for k in range(4)] + [rec("unet", 0, 0.51)]}
+    text = "\n".join(budget_results.curve_section(groups, tmp_path / "c.png"))
+    assert "### 10b. BratsMini" in text and "meets the issue's target" in text
+    assert "n/a, fewer than 2 cases in common; partial: 1 of 4 cases run" in text
+    assert "beyond noise" not in text
+    assert "Not run yet" in text and "VeloxSeg at 30" in text and "UNet at 8" not in text
