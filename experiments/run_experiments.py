@@ -123,7 +123,9 @@ def all_jobs(budget: float, threads: int, groups: list[str]) -> list[Job]:
             Job("authors", h, "veloxseg", "pre-authors", k, 3, 0, 8, 1),
             # issue 22: the full-resolution output weighted above the coarse deep-supervision outputs
             Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1, ["--ds-weights", "1", "0.5", "0.25", "0.125"],
-                tag="ds-halving"))]
+                tag="ds-halving"),
+            # the default's command again with the code of the ds-halving runs (faster steps since the first)
+            Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1, tag="default-rerun"))]
     if "modality" in groups:  # issue 20: modality dropout against single-modality models, 8 CPU-min, 3 folds
         # (a), the full model with both modalities, is the ``authors`` group's default run (the same command)
         jobs += [j for k in range(3) for j in (
