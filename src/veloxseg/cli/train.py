@@ -162,10 +162,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--resume and --overwrite contradict each other: choose one")
     if args.freeze and not args.init_from and not args.resume:
         raise InputError("--freeze needs --init-from CHECKPOINT: a fixed, freshly initialised encoder learns nothing")
-    if args.ds_weights is not None and (args.ds_weights[0] <= 0 or (args.model or "veloxseg") != "veloxseg"):
-        raise InputError("--ds-weights: VeloxSeg only, and the full-resolution output's weight (the first) must "
-                         f"be above 0, got {' '.join(f'{w:g}' for w in args.ds_weights)}"
-                         + (f" for --model {args.model}" if args.model not in (None, "veloxseg") else ""))
+    if args.ds_weights is not None and args.model not in (None, "veloxseg"):
+        raise InputError(f"--ds-weights: VeloxSeg only; --model {args.model} has no deep-supervision outputs of its own")
+    if args.ds_weights is not None and args.ds_weights[0] <= 0:
+        raise InputError("--ds-weights: the full-resolution output's weight (the first) must be above 0, got "
+                         + " ".join(f"{w:g}" for w in args.ds_weights))
     if args.fold == "all":
         return run_all_folds(args)
     if args.parallel is not None:
