@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     if args.freeze and not args.init_from and not args.resume:
         raise InputError("--freeze needs --init-from CHECKPOINT: a fixed, freshly initialised encoder learns nothing")
     if args.ds_weights is not None and args.model not in (None, "veloxseg"):
-        raise InputError(f"--ds-weights: VeloxSeg only; --model {args.model} has no deep-supervision outputs of its own")
+        raise InputError(f"--ds-weights: VeloxSeg only; --model {args.model} trains with its own loss")
     if args.ds_weights is not None and args.ds_weights[0] <= 0:
         raise InputError("--ds-weights: the full-resolution output's weight (the first) must be above 0, got "
                          + " ".join(f"{w:g}" for w in args.ds_weights))
