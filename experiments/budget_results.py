@@ -57,14 +57,15 @@ class Curve:
     folds: str  # the ``--num-folds/--fold`` part of the command, and anything else every run adds
     per_point: str  # "6 cases per point"
     planned: frozenset[tuple[str, float]]
+    cases: int  # held-out cases of a complete point (every fold run)
 
 
 CURVES = (Curve("curve", "HecktorMini, 3 folds", "--num-folds 3 --fold K", "the fold's 2 held-out cases; 6 cases "
                 "per point", frozenset({("veloxseg", 2), ("unet", 2), ("veloxseg", 8), ("unet", 8),
-                                        ("segresnet", 8), ("dynunet", 8), ("veloxseg", 30), ("unet", 30)})),
+                                        ("segresnet", 8), ("dynunet", 8), ("veloxseg", 30), ("unet", 30)}), 6),
           Curve("curve-brats", "BratsMini, 4 leave-one-out folds, 3 mm", "--num-folds 4 --fold K --spacing 3 3 3",
                 "the fold's held-out case, Dice averaged over its classes with a defined Dice; 4 cases per point",
-                frozenset({("veloxseg", 8), ("unet", 8), ("veloxseg", 30)})))
+                frozenset({("veloxseg", 8), ("unet", 8), ("veloxseg", 30)}), 4))
 
 
 def curve_points(groups: dict[str, list[dict]], curve: Curve = CURVES[0]
@@ -119,7 +120,8 @@ def curve_table(groups: dict[str, list[dict]], curve: Curve, png: Path) -> list[
         cmp = ""
         if m != "veloxseg" and ("veloxseg", b) in points:
             cmp = noise_verdict(paired(points[("veloxseg", b)], d)[0])
-        L.append(f"| {LABELS.get(m, m)} | {b:g} | {fmt(*mean_sd(list(d.values())))} ({len(d)}) | {cmp} |")
+        partial = f", partial: {len(d)} of {curve.cases} cases, folds still to run" if len(d) < curve.cases else ""
+        L.append(f"| {LABELS.get(m, m)} | {b:g} | {fmt(*mean_sd(list(d.values())))} ({len(d)}{partial}) | {cmp} |")
     verdicts = []
     for b in sorted({b for (_, b) in points}):
         if b < 8 or ("veloxseg", b) not in points:

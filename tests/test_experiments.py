@@ -153,4 +153,6 @@ def test_curve_verdict_says_when_the_baseline_is_partial(tmp_path):
     assert "### 10b. BratsMini" in text and "meets the issue's target" in text
     assert "n/a, fewer than 2 cases in common; partial: 1 of 4 cases run" in text
     assert "beyond noise" not in text
+    assert "| UNet | 8 | 0.510 (1, partial: 1 of 4 cases, folds still to run) |" in text
+    assert "| VeloxSeg | 8 | 0.500 ± 0.000 (4) |" in text  # a complete point is not marked
     assert "Not run yet" in text and "VeloxSeg at 30" in text and "UNet at 8" not in text
