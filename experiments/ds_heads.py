@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -39,15 +40,19 @@ def per_output_loss(run: Path, batches: int) -> list[float]:
         dice_ce = DeepSupervisionDiceCE(False)
         torch.manual_seed(0)
         sums: list[float] = []
-        with torch.no_grad():
-            for i, batch in enumerate(trainer.train_loader):
-                if i == batches:
-                    break
-                logits = trainer.network(batch["image"].float()).logits
-                losses = [float(dice_ce([lg], batch["label"], [1.0])) for lg in logits]
-                sums = losses if not sums else [a + b for a, b in zip(sums, losses)]
-        trainer.close()
-    return [s / batches for s in sums]
+        drawn = 0
+        try:
+            with torch.no_grad():
+                for batch in trainer.train_loader:
+                    if drawn == batches:
+                        break
+                    logits = trainer.network(batch["image"].float()).logits
+                    losses = [float(dice_ce([lg], batch["label"], [1.0])) for lg in logits]
+                    sums = losses if not sums else [a + b for a, b in zip(sums, losses)]
+                    drawn += 1
+        finally:
+            trainer.close()
+    return [s / drawn for s in sums]
 
 
 def main() -> int:
@@ -61,7 +66,9 @@ def main() -> int:
     rec = {"run": a.run.name, "command": f"python experiments/ds_heads.py {a.run} --batches {a.batches}",
            "outputs": ["full resolution", "u2 head", "u3 head", "enc4 head"][: len(losses)],
            "dice_ce": losses, "batches": a.batches, "code_commit": _commit()}
-    out.write_text(json.dumps(rec, indent=2))
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec, indent=2))
+    os.replace(tmp, out)
     print(f"{out}: " + ", ".join(f"{n} {v:.3f}" for n, v in zip(rec["outputs"], losses)))
     return 0
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from make_results import pyplot, save_figure, case_metric, fmt, mean_sd, noise_verdict, paired
+from make_results import arch, pyplot, save_figure, case_metric, fmt, mean_sd, noise_verdict, paired
 
 @dataclass(frozen=True)
 class ModalityStudy:
@@ -38,7 +38,7 @@ class ModalityStudy:
         return str(1 - present)
 
 
-HECKTOR = ModalityStudy("HecktorMini", ("authors", "veloxseg", None), "modality",
+HECKTOR = ModalityStudy("HecktorMini", ("authors", "default-rerun", None), "modality",
                         {"PET": (1, "pet-only"), "CT": (0, "ct-only")}, "3 folds, 2 held-out cases each",
                         "--num-folds 3 --fold K")
 BRATS = ModalityStudy("BratsMini", ("curve-brats", "veloxseg", 8), "modality-brats",
@@ -47,15 +47,11 @@ BRATS = ModalityStudy("BratsMini", ("curve-brats", "veloxseg", 8), "modality-bra
                       {"1": "necrosis", "2": "edema", "3": "non-enh.", "4": "enhancing"})
 
 
-def _tag(rec: dict) -> str:
-    return rec["job"].get("tag") or rec["job"]["variant"] or rec["job"]["model"]
-
-
 def _row_cases(groups: dict[str, list[dict]], study: ModalityStudy) -> dict[tuple[str, str], dict[str, dict]]:
     """Per (row label, input): the held-out cases' records (per class metrics) pooled over the folds."""
     out: dict[tuple[str, str], dict[str, dict]] = {}
     for label, group, tag, inp in study.rows():
-        recs = [r for r in groups.get(group, []) if "job" in r and _tag(r) == tag]
+        recs = [r for r in groups.get(group, []) if "job" in r and arch(r) == tag]
         if group == study.full[0] and study.full[2] is not None:
             recs = [r for r in recs if r["job"]["budget_min"] == study.full[2]]
         cases: dict[str, dict] = {}
@@ -194,7 +190,8 @@ def modality_section(groups: dict[str, list[dict]], png: Path) -> list[str]:
     for study, sub, path, group in ((HECKTOR, "7a", png, "authors modality"),
                                     (BRATS, "7b", png.with_name(png.stem + "_brats.png"), "modality-brats")):
         L += [f"### {sub}. {study.dataset} ({study.folds}; (a) is section "
-              f"{'6' if study is HECKTOR else '10'}'s default run, `{study.command}`)", ""]
+              f"{'6' if study is HECKTOR else '10'}'s default {'rerun' if study is HECKTOR else 'run'}, "
+              f"`{study.command}`)", ""]
         L += modality_table(groups, study, path) or [
             f"Not run yet: `python experiments/run_experiments.py --groups {group}` (resumable).", ""]
     return L

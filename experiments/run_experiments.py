@@ -118,39 +118,45 @@ def all_jobs(budget: float, threads: int, groups: list[str]) -> list[Job]:
                  for k in range(4) for m in MAIN_MODELS]
     if "authors" in groups:  # issue 18: our default, the authors' recipe, the network before it matched theirs
         jobs += [j for k in range(3) for j in (
-            Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1),
-            Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1, ["--recipe", "authors"], tag="recipe-authors"),
-            Job("authors", h, "veloxseg", "pre-authors", k, 3, 0, 8, 1),
+            Job("authors", h, "veloxseg", None, k, 3, 0, 8, threads),
+            Job("authors", h, "veloxseg", None, k, 3, 0, 8, threads, ["--recipe", "authors"], tag="recipe-authors"),
+            Job("authors", h, "veloxseg", "pre-authors", k, 3, 0, 8, threads),
             # issue 22: the full-resolution output weighted above the coarse deep-supervision outputs
-            Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1, ["--ds-weights", "1", "0.5", "0.25", "0.125"],
+            Job("authors", h, "veloxseg", None, k, 3, 0, 8, threads, ["--ds-weights", "1", "0.5", "0.25", "0.125"],
                 tag="ds-halving"),
-            # the default's command again with the code of the ds-halving runs (faster steps since the first)
-            Job("authors", h, "veloxseg", None, k, 3, 0, 8, 1, tag="default-rerun"))]
+            default_rerun(k, threads))]
     if "modality" in groups:  # issue 20: modality dropout against single-modality models, 8 CPU-min, 3 folds
         # (a), the full model with both modalities, is the ``authors`` group's default run (the same command)
         jobs += [j for k in range(3) for j in (
-            Job("modality", h, "veloxseg", None, k, 3, 0, 8, 1, ["--modality-dropout", "0.3"], tag="dropout",
+            Job("modality", h, "veloxseg", None, k, 3, 0, 8, threads, ["--modality-dropout", "0.3"], tag="dropout",
                 missing=[[0], [1]]),
-            Job("modality", h, "veloxseg", None, k, 3, 0, 8, 1, tag="pet-only", channels=[1]),
-            Job("modality", h, "veloxseg", None, k, 3, 0, 8, 1, tag="ct-only", channels=[0]))]
+            Job("modality", h, "veloxseg", None, k, 3, 0, 8, threads, tag="pet-only", channels=[1]),
+            Job("modality", h, "veloxseg", None, k, 3, 0, 8, threads, tag="ct-only", channels=[0]))]
     if "modality-brats" in groups:  # the same on BratsMini (FLAIR + T1c, one MRI block: single channels dropped)
         # (a), the full model, is the ``curve-brats`` group's VeloxSeg run at 8 CPU-minutes (the same command)
         b, sp = str(BRATS), ["--spacing", "3", "3", "3"]
         jobs += [j for k in range(4) for j in (
-            Job("curve-brats", b, "veloxseg", None, k, 4, 0, 8, 1, sp),
-            Job("modality-brats", b, "veloxseg", None, k, 4, 0, 8, 1, [*sp, "--modality-dropout", "0.3"],
+            Job("curve-brats", b, "veloxseg", None, k, 4, 0, 8, threads, sp),
+            Job("modality-brats", b, "veloxseg", None, k, 4, 0, 8, threads, [*sp, "--modality-dropout", "0.3"],
                 tag="dropout", missing=[[0], [1]]),
-            Job("modality-brats", b, "veloxseg", None, k, 4, 0, 8, 1, sp, tag="flair-only", channels=[0]),
-            Job("modality-brats", b, "veloxseg", None, k, 4, 0, 8, 1, sp, tag="t1c-only", channels=[1]))]
+            Job("modality-brats", b, "veloxseg", None, k, 4, 0, 8, threads, sp, tag="flair-only", channels=[0]),
+            Job("modality-brats", b, "veloxseg", None, k, 4, 0, 8, threads, sp, tag="t1c-only", channels=[1]))]
     if "curve" in groups:  # budgets of its own; short runs first, fold-major
-        jobs += [Job("curve", h, m, None, k, 3, 0, b, threads) for b in (2, 8, 30) for k in range(3)
-                 for m, mb in CURVE_HECKTOR if mb == b]
+        # VeloxSeg at 8 is the ``authors`` group's default rerun: the same command, with today's code
+        jobs += [default_rerun(k, threads) if (m, b) == ("veloxseg", 8) else Job("curve", h, m, None, k, 3, 0, b, threads)
+                 for b in (2, 8, 30) for k in range(3) for m, mb in CURVE_HECKTOR if mb == b]
         jobs += [Job("curve-brats", str(BRATS), m, None, k, 4, 0, b, threads, ["--spacing", "3", "3", "3"])
                  for b in (8, 30) for k in range(4) for m, mb in CURVE_BRATS if mb == b]
     unique: dict[Path, Job] = {}  # a run two groups share is run once
     for j in jobs:
-        unique.setdefault(j.result_path, j)
+        if unique.setdefault(j.result_path, j) != j:
+            raise ValueError(f"two different runs would write {j.result_path}: {unique[j.result_path]} and {j}")
     return list(unique.values())
+
+
+def default_rerun(fold: int, threads: int) -> Job:
+    """VeloxSeg's default at 8 CPU-minutes on HecktorMini with today's code (section 6's rerun; the curve's point)."""
+    return Job("authors", str(HECKTOR), "veloxseg", None, fold, 3, 0, 8, threads, tag="default-rerun")
 
 
 def run_job(job: Job, work: Path) -> dict:
@@ -297,7 +303,7 @@ def retime(work: Path, threads: int = 1, repeats: int = 3, shard: tuple[int, int
         if index % shard[1] != shard[0]:  # several retiming processes split the runs
             continue
         rec = json.loads(path.read_text())
-        if all("seconds_retimed" in c for c in rec["cases"].values()):
+        if "job" not in rec or all("seconds_retimed" in c for c in rec["cases"].values()):  # not a run, or done
             continue
         job = Job(**rec["job"])
         ckpt = work / job.group / job.name / "checkpoint_last.pt"

@@ -182,3 +182,15 @@ def test_cases_restricts_the_references(tmp_path):
         evaluate_folders(pred, ref, [1])
     result = evaluate_folders(pred, ref, [1], cases=["a"])
     assert [s.case for s in result.scores] == ["a"] and result.unmatched_references == []
+
+
+def test_only_our_own_reports_count_as_ours_and_a_huge_file_is_not_read(tmp_path, monkeypatch):
+    from veloxseg import evaluation
+
+    ours = tmp_path / "evaluation.json"
+    ours.write_text(json.dumps({"summary": {}, "cases": {}, "references_without_prediction": []}))
+    assert evaluation.written_by_evaluate(ours)
+    (tmp_path / "other.json").write_text(json.dumps({"summary": {}}))
+    assert not evaluation.written_by_evaluate(tmp_path / "other.json")
+    monkeypatch.setattr(evaluation, "REPORT_MAX_BYTES", 16)  # our own report, but larger than any report could be
+    assert not evaluation.written_by_evaluate(ours)

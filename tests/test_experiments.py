@@ -53,7 +53,12 @@ def test_plan_covers_every_model_and_variant_on_the_same_folds():
 def test_curve_group_runs_the_users_command_at_each_budget():
     jobs = run_experiments.all_jobs(1.5, 1, ["curve"])
     hecktor = {(j.model, j.budget_min, j.fold) for j in jobs if j.group == "curve"}
-    assert hecktor == {(m, b, k) for m, b in run_experiments.CURVE_HECKTOR for k in range(3)}
+    shared = {(j.model, j.budget_min, j.fold) for j in jobs if j.group == "authors"}  # VeloxSeg at 8: section 6's
+    assert shared == {("veloxseg", 8, k) for k in range(3)}
+    assert hecktor | shared == {(m, b, k) for m, b in run_experiments.CURVE_HECKTOR for k in range(3)}
+    with_authors = run_experiments.all_jobs(1.5, 2, ["authors", "curve"])
+    assert len({j.result_path for j in with_authors}) == len(with_authors)  # the shared run is planned once
+    assert {j.threads for j in with_authors} == {2}  # and with the threads asked for, whichever group lists it
     brats = {(j.model, j.budget_min, j.fold) for j in jobs if j.group == "curve-brats"}
     assert brats == {(m, b, k) for m, b in run_experiments.CURVE_BRATS for k in range(4)}
     assert len({(j.group, j.name) for j in jobs}) == len(jobs)  # one result file per run
@@ -151,8 +156,36 @@ def test_curve_verdict_says_when_the_baseline_is_partial(tmp_path):
     groups = {"curve-brats": [rec("veloxseg", k, 0.5) for k in range(4)] + [rec("unet", 0, 0.51)]}
     text = "\n".join(budget_results.curve_section(groups, tmp_path / "c.png"))
     assert "### 10b. BratsMini" in text and "meets the issue's target" in text
-    assert "n/a, fewer than 2 cases in common; partial: 1 of 4 cases run" in text
+    assert "n/a, fewer than 2 cases in common; partial: 1 of 4 cases run for both" in text
     assert "beyond noise" not in text
     assert "| UNet | 8 | 0.510 (1, partial: 1 of 4 cases, folds still to run) |" in text
     assert "| VeloxSeg | 8 | 0.500 ± 0.000 (4) |" in text  # a complete point is not marked
     assert "Not run yet" in text and "VeloxSeg at 30" in text and "UNet at 8" not in text
+
+
+def test_curve_target_compares_the_cases_both_points_have(tmp_path):
+    import budget_results
+
+    def rec(model, fold, dice, budget):
+        job = run_experiments.Job("curve-brats", "/data/Dataset502_BratsMini", model, None, fold, 4, 0, budget, 1)
+        return {"job": job.__dict__, "name": job.name, "cases": {f"case{fold}": {"labels": {"1": {"dice": dice}}}}}
+
+    # UNet has all 4 folds at 30 minutes, VeloxSeg only fold 0: the verdict uses case0 alone
+    groups = {"curve-brats": [rec("veloxseg", 0, 0.3, 30)] + [rec("unet", k, d, 30)
+                                                               for k, d in enumerate((0.9, 0.1, 0.1, 0.1))]}
+    text = "\n".join(budget_results.curve_section(groups, tmp_path / "c.png"))
+    assert "at 30 CPU-minutes VeloxSeg 0.300 against the best baseline run, UNet 0.900: -0.600 (misses" in text
+    assert "partial: 1 of 4 cases run for both" in text
+
+
+def test_run_experiments_refuses_two_different_runs_with_one_result_file(monkeypatch):
+    real = run_experiments.Job
+
+    def clash(*args, **kwargs):  # every group's job collapses onto one result path, with different settings
+        job = real(*args, **kwargs)
+        job.group, job.fold, job.budget_min, job.tag = "x", 0, 8, None
+        return job
+
+    monkeypatch.setattr(run_experiments, "Job", clash)
+    with pytest.raises(ValueError, match="two different runs would write"):
+        run_experiments.all_jobs(1.5, 1, ["authors"])

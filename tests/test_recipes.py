@@ -147,3 +147,13 @@ def test_ds_weights_refused_where_they_mean_nothing(tmp_path, capsys, argv, mess
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_ds_weights_refused_for_a_baseline_whatever_the_path_in(tmp_path):
+    """``--resume`` of a UNet run gives no --model on the command line: the trainer refuses instead of ignoring."""
+    from veloxseg.errors import InputError
+    from veloxseg.training import ModelTrainer, TrainConfig
+
+    config = TrainConfig(dataset=str(tmp_path), output=str(tmp_path / "r"), model="unet", ds_weights=[1, 1, 1, 1])
+    with pytest.raises(InputError, match="VeloxSeg only; this run trains unet"):
+        ModelTrainer(config).build_loss()

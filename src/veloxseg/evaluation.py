@@ -285,6 +285,8 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, la
     return result
 
 
+#: a file larger than this is never taken for an earlier report (a report of 10,000 cases is about 10 MB)
+REPORT_MAX_BYTES = 256 << 20
 #: the header row of :func:`write_csv` (a file that starts with it was written by ``veloxseg evaluate``)
 CSV_HEADER: tuple[str, ...] = ("case", "label", "dice", "hd95_mm", "reference_voxels", "predicted_voxels",
                                "fp_volume_ml", "fn_volume_ml", "lesions_tp", "lesions_fp", "lesions_fn")
@@ -293,6 +295,8 @@ CSV_HEADER: tuple[str, ...] = ("case", "label", "dice", "hd95_mm", "reference_vo
 def written_by_evaluate(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a report an earlier ``veloxseg evaluate`` wrote (its CSV header, or its JSON keys)."""
     try:
+        if os.path.getsize(path) > REPORT_MAX_BYTES:  # not read whole: no report of ours is this large
+            return False
         with open(path, encoding="utf-8") as f:
             if f.readline().rstrip("\r\n") == ",".join(CSV_HEADER):
                 return True

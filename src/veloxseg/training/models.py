@@ -210,6 +210,8 @@ class ModelTrainer(Trainer):
         if self.is_baseline:
             from ..baselines import BaselineLoss
 
+            if self.config.ds_weights is not None:  # e.g. --resume of a baseline run with --ds-weights
+                raise InputError(f"--ds-weights: VeloxSeg only; this run trains {self.model_name} with its own loss")
             return BaselineLoss(self.model_name)
         from ..losses import VeloxSegLoss
 
