@@ -98,6 +98,9 @@ def curve_plot(points: dict[tuple[str, float], dict[str, float]], title: str, pa
         ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3,
                     label=LABELS.get(m, m))
     ax.set_xscale("log")
+    budgets = sorted({b for (_, b) in points})
+    ax.set_xticks(budgets, [f"{b:g}" for b in budgets])  # the budgets run, not powers of ten
+    ax.minorticks_off()
     ax.set_xlabel("training budget (CPU-minutes, one thread)")
     ax.set_ylabel("held-out Dice (mean ± sd over cases)")
     ax.set_ylim(0, 1)
