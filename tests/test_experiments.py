@@ -161,6 +161,9 @@ def test_curve_verdict_says_when_the_baseline_is_partial(tmp_path):
     assert "| UNet | 8 | 0.510 (1, partial: 1 of 4 cases, folds still to run) |" in text
     assert "| VeloxSeg | 8 | 0.500 ± 0.000 (4) |" in text  # a complete point is not marked
     assert "Not run yet" in text and "VeloxSeg at 30" in text and "UNet at 8" not in text
+    groups["curve-brats"].append(rec("veloxseg", 0, 0.4) | {"job": {**groups["curve-brats"][0]["job"], "budget_min": 30}})
+    text = "\n".join(budget_results.curve_section(groups, tmp_path / "c.png"))
+    assert "at 30 CPU-minutes no baseline was run" in text and "cannot be judged; VeloxSeg 0.400" in text
 
 
 def test_curve_target_compares_the_cases_both_points_have(tmp_path):
