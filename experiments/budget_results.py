@@ -136,8 +136,16 @@ def curve_table(groups: dict[str, list[dict]], curve: Curve, png: Path) -> list[
         common = {m: sorted(set(ours) & set(points[(m, b)])) for (m, bb) in points if bb == b and m != "veloxseg"}
         base = {m: sum(points[(m, b)][c] for c in cs) / len(cs) for m, cs in common.items() if cs}
         if not base:
-            verdicts.append(f"at {b:g} CPU-minutes no baseline was run (the comparison's plan has VeloxSeg alone "
-                            f"there), so the target cannot be judged; VeloxSeg {mean_sd(list(ours.values()))[0]:.3f}")
+            text = (f"at {b:g} CPU-minutes no baseline was run (the comparison's plan has VeloxSeg alone there), so "
+                    f"the target cannot be judged; VeloxSeg {mean_sd(list(ours.values()))[0]:.3f}")
+            below = [(bb, m) for (m, bb) in points if bb < b and m != "veloxseg"]
+            if below:  # the best baseline of the largest smaller budget, as a floor
+                bb = max(x for x, _ in below)
+                m = max((m for x, m in below if x == bb), key=lambda m: mean_sd(list(points[(m, bb)].values()))[0])
+                text += (f", against {LABELS.get(m, m)}'s {mean_sd(list(points[(m, bb)].values()))[0]:.3f} at "
+                         f"{bb:g} CPU-minutes (VeloxSeg at {b:g} − {LABELS.get(m, m)} at {bb:g}, paired per case: "
+                         f"{noise_verdict(paired(ours, points[(m, bb)])[0])})")
+            verdicts.append(text)
             continue
         best = max(base, key=base.get)
         cases = common[best]

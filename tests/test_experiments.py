@@ -164,6 +164,7 @@ def test_curve_verdict_says_when_the_baseline_is_partial(tmp_path):
     groups["curve-brats"].append(rec("veloxseg", 0, 0.4) | {"job": {**groups["curve-brats"][0]["job"], "budget_min": 30}})
     text = "\n".join(budget_results.curve_section(groups, tmp_path / "c.png"))
     assert "at 30 CPU-minutes no baseline was run" in text and "cannot be judged; VeloxSeg 0.400" in text
+    assert "against UNet's 0.510 at 8 CPU-minutes (VeloxSeg at 30 − UNet at 8, paired per case: n/a)" in text
 
 
 def test_curve_target_compares_the_cases_both_points_have(tmp_path):
