@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from make_results import pyplot, save_figure, LABELS, case_metric, fmt, mean_sd, noise_verdict, paired
+from run_experiments import CURVE_BRATS, CURVE_HECKTOR
 
 
 def budget_pair_section(pair: dict[str, dict], authors: list[dict] | None = None) -> list[str]:
@@ -64,11 +65,10 @@ class Curve:
 
 
 CURVES = (Curve("curve", "HecktorMini, 3 folds", "--num-folds 3 --fold K", "the fold's 2 held-out cases; 6 cases "
-                "per point", frozenset({("veloxseg", 2), ("unet", 2), ("veloxseg", 8), ("unet", 8),
-                                        ("segresnet", 8), ("dynunet", 8), ("veloxseg", 30), ("unet", 30)}), 6),
+                "per point", frozenset(CURVE_HECKTOR), 6),
           Curve("curve-brats", "BratsMini, 4 leave-one-out folds, 3 mm", "--num-folds 4 --fold K --spacing 3 3 3",
                 "the fold's held-out case, Dice averaged over its classes with a defined Dice; 4 cases per point",
-                frozenset({("veloxseg", 8), ("unet", 8), ("veloxseg", 30)}), 4))
+                frozenset(CURVE_BRATS), 4))
 
 
 def curve_points(groups: dict[str, list[dict]], curve: Curve = CURVES[0]
@@ -127,6 +127,7 @@ def curve_table(groups: dict[str, list[dict]], curve: Curve, png: Path) -> list[
             cmp = noise_verdict(paired(points[("veloxseg", b)], d)[0])
         partial = f", partial: {len(d)} of {curve.cases} cases, folds still to run" if len(d) < curve.cases else ""
         L.append(f"| {LABELS.get(m, m)} | {b:g} | {fmt(*mean_sd(list(d.values())))} ({len(d)}{partial}) | {cmp} |")
+    mean = {k: mean_sd(list(d.values()))[0] for k, d in points.items()}
     verdicts = []
     for b in sorted({b for (_, b) in points}):
         if b < 8 or ("veloxseg", b) not in points:
@@ -137,12 +138,12 @@ def curve_table(groups: dict[str, list[dict]], curve: Curve, png: Path) -> list[
         base = {m: sum(points[(m, b)][c] for c in cs) / len(cs) for m, cs in common.items() if cs}
         if not base:
             text = (f"at {b:g} CPU-minutes no baseline was run (the comparison's plan has VeloxSeg alone there), so "
-                    f"the target cannot be judged; VeloxSeg {mean_sd(list(ours.values()))[0]:.3f}")
+                    f"the target cannot be judged; VeloxSeg {mean[('veloxseg', b)]:.3f}")
             below = [(bb, m) for (m, bb) in points if bb < b and m != "veloxseg"]
             if below:  # the best baseline of the largest smaller budget, as a floor
                 bb = max(x for x, _ in below)
-                m = max((m for x, m in below if x == bb), key=lambda m: mean_sd(list(points[(m, bb)].values()))[0])
-                text += (f", against {LABELS.get(m, m)}'s {mean_sd(list(points[(m, bb)].values()))[0]:.3f} at "
+                m = max((m for x, m in below if x == bb), key=lambda m: mean[(m, bb)])
+                text += (f", against {LABELS.get(m, m)}'s {mean[(m, bb)]:.3f} at "
                          f"{bb:g} CPU-minutes (VeloxSeg at {b:g} − {LABELS.get(m, m)} at {bb:g}, paired per case: "
                          f"{noise_verdict(paired(ours, points[(m, bb)])[0])})")
             verdicts.append(text)

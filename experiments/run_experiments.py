@@ -143,7 +143,8 @@ def all_jobs(budget: float, threads: int, groups: list[str]) -> list[Job]:
             Job("modality-brats", b, "veloxseg", None, k, 4, 0, 8, threads, sp, tag="t1c-only", channels=[1]))]
     if "curve" in groups:  # budgets of its own; short runs first, fold-major
         # VeloxSeg at 8 is the ``authors`` group's default rerun: the same command, with today's code
-        jobs += [default_rerun(k, threads) if (m, b) == ("veloxseg", 8) else Job("curve", h, m, None, k, 3, 0, b, threads)
+        jobs += [default_rerun(k, threads) if (m, b) == ("veloxseg", 8)
+                 else Job("curve", h, m, None, k, 3, 0, b, threads)
                  for b in (2, 8, 30) for k in range(3) for m, mb in CURVE_HECKTOR if mb == b]
         jobs += [Job("curve-brats", str(BRATS), m, None, k, 4, 0, b, threads, ["--spacing", "3", "3", "3"])
                  for b in (8, 30) for k in range(4) for m, mb in CURVE_BRATS if mb == b]
